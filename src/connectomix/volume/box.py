@@ -187,7 +187,8 @@ class Box:
         if self.empty:
             return (range(0), range(0), range(0))
         return tuple(
-            range((a - o) // c, -(-(b - o) // c)) for a, b, o, c in zip(self.start, self.stop, origin, chunk)
+            range((a - o) // c, -(-(b - o) // c))
+            for a, b, o, c in zip(self.start, self.stop, origin, chunk, strict=True)
         )
 
     def iter_chunks(

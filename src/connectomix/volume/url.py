@@ -86,7 +86,9 @@ class CreateSpec:
 def parse_url(url: str) -> ParsedUrl:
     """Split a volume URL; plain paths are recognised by suffix, ``NAME/LAYER`` as a dataset."""
     if not isinstance(url, str) or not url.strip():
-        raise InputError("expected a volume URL such as zarr://out.zarr or fib25-ts2/raw, got an empty string")
+        raise InputError(
+            "expected a volume URL such as zarr://out.zarr or fib25-ts2/raw, got an empty string"
+        )
     url = url.strip()
     if "://" in url:
         scheme, rest = url.split("://", 1)

@@ -31,7 +31,9 @@ class ZarrVolume(Volume):
     def __init__(self, url: str, array: zarr.Array, writable: bool) -> None:
         attrs = dict(array.attrs.get(ATTRS_KEY, {}))
         if array.ndim != 3:
-            raise InputError(f"{url}: expected a 3-D (z, y, x) zarr array, found {array.ndim}-D {array.shape}")
+            raise InputError(
+                f"{url}: expected a 3-D (z, y, x) zarr array, found {array.ndim}-D {array.shape}"
+            )
         super().__init__(
             url,
             shape=array.shape,
@@ -74,7 +76,8 @@ def create_zarr(path: Path, spec: CreateSpec, url: str, overwrite: bool) -> Zarr
             ATTRS_KEY: {
                 "resolution_nm_zyx": list(spec.resolution),
                 "voxel_offset_zyx": list(spec.voxel_offset),
-                "kind": spec.kind or ("segmentation" if spec.dtype.kind in "iu" and spec.dtype.itemsize > 1 else "image"),
+                "kind": spec.kind
+                or ("segmentation" if spec.dtype.kind in "iu" and spec.dtype.itemsize > 1 else "image"),
                 "axes": ["z", "y", "x"],
             }
         },

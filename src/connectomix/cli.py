@@ -1,0 +1,236 @@
+"""The ``cx`` command: parses arguments, calls the library, prints. One sub-command group per stage.
+
+Every error a user can cause ends as one line on stderr (``error: …``) and a non-zero exit status;
+set ``CX_DEBUG=1`` to see the traceback of an unexpected error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from connectomix.errors import CxError, InputError
+
+app = typer.Typer(
+    name="cx",
+    help="connectomix: EM volume → segmentation → proofreading → learning → wiring diagram.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+data_app = typer.Typer(help="Volumes: list the named datasets, inspect any volume URL, import into zarr.")
+app.add_typer(data_app, name="data", no_args_is_help=True)
+
+console = Console()
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from connectomix import __version__
+
+        print(f"connectomix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version.")
+    ] = False,
+) -> None:
+    """connectomix: EM volume → segmentation → proofreading → learning → wiring diagram."""
+
+
+def _parse_triple(text: str, name: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise InputError(f"{name} must be 3 comma-separated integers Z,Y,X, got {text!r}") from None
+    if len(values) != 3 or any(v <= 0 for v in values):
+        raise InputError(f"{name} must be 3 positive integers Z,Y,X, got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _write_json(path: Path, payload: dict) -> None:
+    """Write JSON atomically (temporary name, then rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)
+
+
+# -- cx data ----------------------------------------------------------------------------------------------
+@data_app.command("list")
+def data_list() -> None:
+    """List the named datasets (usable anywhere a volume URL is accepted)."""
+    from connectomix.volume.datasets import data_dir, list_datasets
+
+    table = Table(title=f"datasets (data folder: {data_dir() or 'not found; set CX_DATA_DIR'})")
+    for column in ("name", "resolution nm (x,y,z)", "available", "description"):
+        table.add_column(column)
+    for info in list_datasets():
+        res = ",".join(f"{r:g}" for r in reversed(info.resolution_nm_zyx))
+        table.add_row(info.name, res, "yes" if info.available else "no", info.description)
+    console.print(table)
+
+
+@data_app.command("info")
+def data_info(
+    url: Annotated[str, typer.Argument(help="Volume URL or dataset name, e.g. fib25-ts2/raw")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show a volume's shape, dtype, resolution, chunks and offset."""
+    from connectomix.volume import open_volume
+
+    volume = open_volume(url)
+    info = volume.describe()
+    info["shape_xyz"] = list(reversed(volume.shape))
+    info["resolution_nm_xyz"] = list(volume.resolution_xyz)
+    if as_json:
+        print(json.dumps(info, indent=2))
+        return
+    table = Table(title=url, show_header=False)
+    for key, value in info.items():
+        table.add_row(key, str(value))
+    console.print(table)
+
+
+@data_app.command("import")
+def data_import(
+    source: Annotated[str, typer.Argument(help="Any readable volume URL or dataset name.")],
+    destination: Annotated[str, typer.Argument(help="zarr://PATH to create.")],
+    chunks: Annotated[str, typer.Option(help="Chunk shape Z,Y,X of the new volume.")] = "64,64,64",
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing destination.")] = False,
+) -> None:
+    """Copy a volume into zarr v3, chunk by chunk, with progress; atomic (temporary name, then rename)."""
+    from connectomix.volume.transfer import import_volume
+
+    volume = import_volume(
+        source, destination, chunks_zyx=_parse_triple(chunks, "--chunks"), overwrite=overwrite
+    )
+    console.print(
+        f"imported {source} → {destination}: shape (z,y,x) {volume.shape}, {volume.dtype}, "
+        f"chunks {volume.chunks}, resolution nm (z,y,x) {volume.resolution}"
+    )
+
+
+# -- cx evaluate ------------------------------------------------------------------------------------------
+@app.command("evaluate")
+def evaluate_command(
+    seg: Annotated[str, typer.Argument(help="Segmentation volume URL or dataset name.")],
+    gt: Annotated[str, typer.Argument(help="Ground-truth volume URL or dataset name.")],
+    json_out: Annotated[Path | None, typer.Option("--json", help="Write the scores as JSON here.")] = None,
+    min_overlap: Annotated[
+        int, typer.Option(help="Voxels an overlap needs to count as a split or merge error.")
+    ] = 100,
+    erl: Annotated[bool, typer.Option("--erl", help="Also compute ERL on ground-truth skeletons.")] = False,
+) -> None:
+    """Score a segmentation against ground truth: VI (split/merge, bits), ARAND, error counts, ERL."""
+    from connectomix.evaluate import evaluate, expected_run_length
+    from connectomix.volume import open_volume
+
+    seg_volume, gt_volume = open_volume(seg), open_volume(gt)
+    scores = evaluate(seg_volume, gt_volume, min_overlap=min_overlap, progress=True)
+    payload = scores.to_dict()
+    payload.update({"seg": seg, "gt": gt})
+    if erl:
+        result = expected_run_length(
+            seg_volume.read(), gt_volume.read(), resolution_nm_zyx=gt_volume.resolution
+        )
+        payload["erl"] = result.to_dict()
+    table = Table(title=f"{seg} vs {gt}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in ("vi_split", "vi_merge", "vi", "arand", "n_split_bodies", "n_merging_segments"):
+        value = payload[key]
+        table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    if erl:
+        table.add_row("erl_nm", f"{payload['erl']['erl_nm']:.0f}")
+        table.add_row("max_erl_nm", f"{payload['erl']['max_erl_nm']:.0f}")
+    console.print(table)
+    if json_out is not None:
+        _write_json(json_out, payload)
+
+
+# -- cx demo ----------------------------------------------------------------------------------------------
+@app.command("demo")
+def demo_command(
+    data: Annotated[
+        str, typer.Option(help="'synthetic' or a dataset with raw and gt layers (fib25-crop100, fib25-ts2).")
+    ] = "synthetic",
+    out: Annotated[Path, typer.Option(help="Directory for volumes, report.json and the figure.")] = Path(
+        "cx-demo"
+    ),
+    size: Annotated[int, typer.Option(help="Edge of the synthetic cube in voxels.")] = 128,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic volume.")] = 0,
+) -> None:
+    """The end-to-end path as it stands: data → baseline segmentation → evaluation → report."""
+    from connectomix.run.demo import run_demo
+
+    report = run_demo(data=data, out_dir=out, size=size, seed=seed)
+    scores = report["scores"]
+    table = Table(title=f"connectomix demo: {report['data']} {tuple(report['shape_zyx'])} voxels (z,y,x)")
+    table.add_column("step")
+    table.add_column("result", justify="right")
+    table.add_row(
+        "baseline segmentation", f"{report['n_segments']} segments in {report['seconds']['segment']:.1f} s"
+    )
+    table.add_row("VI split / merge (bits)", f"{scores['vi_split']:.3f} / {scores['vi_merge']:.3f}")
+    table.add_row("VI total (bits)", f"{scores['vi']:.3f}")
+    table.add_row("ARAND", f"{scores['arand']:.3f}")
+    table.add_row(
+        "split bodies / merging segments", f"{scores['n_split_bodies']} / {scores['n_merging_segments']}"
+    )
+    if "reference" in report:
+        ref = report["reference"]["scores"]
+        table.add_row(
+            f"reference {report['reference']['name']} VI / ARAND", f"{ref['vi']:.3f} / {ref['arand']:.3f}"
+        )
+    table.add_row("report", str(report["paths"]["report"]))
+    table.add_row("figure", str(report["paths"]["figure"]))
+    console.print(table)
+
+
+# -- entry point ------------------------------------------------------------------------------------------
+def _fail(message: str, code: int) -> int:
+    print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
+    return code
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``cx``; returns (and exits with) 0 on success, 1 on bad input, 2 on usage errors."""
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="cx")
+        code = result if isinstance(result, int) else 0
+    except typer.Exit as exc:
+        code = exc.exit_code
+    except typer.TyperException as exc:  # click's usage errors (typer vendors click)
+        ctx = getattr(exc, "ctx", None)
+        hint = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        code = _fail(exc.format_message() + hint, 2 if ctx is not None else exc.exit_code)
+    except typer.Abort:
+        code = _fail("aborted", 130)
+    except KeyboardInterrupt:
+        code = _fail("interrupted", 130)
+    except CxError as exc:
+        code = _fail(str(exc), 1)
+    except OSError as exc:
+        code = _fail(f"{exc.strerror or exc}: {exc.filename}" if exc.filename else str(exc), 1)
+    except Exception as exc:
+        if os.environ.get("CX_DEBUG"):
+            raise
+        code = _fail(f"internal error ({type(exc).__name__}: {exc}); set CX_DEBUG=1 for a traceback", 3)
+    if argv is None:
+        sys.exit(code)
+    return code
+
+
+if __name__ == "__main__":
+    main()
