@@ -28,7 +28,9 @@ def testdata() -> Path:
     """The real data folder; tests using it skip where it is absent."""
     path = find_testdata()
     if path is None:
-        pytest.skip("real test data not found: set CX_DATA_DIR or place shared/testdata beside the repository")
+        pytest.skip(
+            "real test data not found: set CX_DATA_DIR or place shared/testdata beside the repository"
+        )
     return path
 
 

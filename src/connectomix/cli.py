@@ -73,8 +73,10 @@ def data_list() -> None:
     from connectomix.volume.datasets import data_dir, list_datasets
 
     table = Table(title=f"datasets (data folder: {data_dir() or 'not found; set CX_DATA_DIR'})")
-    for column in ("name", "resolution nm (x,y,z)", "available", "description"):
-        table.add_column(column)
+    table.add_column("name", no_wrap=True)
+    table.add_column("resolution nm (x,y,z)", no_wrap=True)
+    table.add_column("available", no_wrap=True)
+    table.add_column("description")
     for info in list_datasets():
         res = ",".join(f"{r:g}" for r in reversed(info.resolution_nm_zyx))
         table.add_row(info.name, res, "yes" if info.available else "no", info.description)

@@ -9,9 +9,11 @@ Backends implement only ``_read_raw`` and (if writable) ``_write_raw``.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -22,6 +24,18 @@ from connectomix.volume.cache import ChunkCache, Prefetcher, shared_cache
 
 VolumeKind = Literal["image", "segmentation"]
 _version_counter = itertools.count()
+
+
+def stamp_paths(paths: Sequence[Path]) -> str:
+    """A digest of files' absolute paths, sizes and modification times (changes when any file does)."""
+    digest = hashlib.sha1()
+    for path in sorted(Path(p).resolve() for p in paths):
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:20]
 
 
 def infer_kind(dtype: np.dtype) -> VolumeKind:
@@ -61,6 +75,9 @@ class Volume(ABC):
         self._cache = cache
         self.cached = cached
         self._version = next(_version_counter)
+        self._stamp: str | None = None
+        #: files whose sizes and modification times identify this volume's content (set by file backends)
+        self.source_files: list[Path] = []
         if len(self.shape) != 3 or len(self.resolution) != 3 or len(self.chunks) != 3:
             raise InputError(f"{url}: expected a 3-D (z, y, x) volume, got shape {self.shape}")
 
@@ -88,8 +105,28 @@ class Volume(ABC):
 
     @property
     def cache_key(self) -> str:
-        """Identifies this volume's current content in the chunk cache."""
-        return f"{self.url}@{id(self)}:{self._version}"
+        """Identifies this volume's current content in the chunk cache.
+
+        Read-only file-backed volumes are keyed by their files' paths, sizes and modification times, so the
+        on-disk cache tier can serve them across processes and a changed file is never served stale. Other
+        volumes get a process-local key (prefixed ``local:``) that changes with every write; the disk tier
+        ignores those.
+        """
+        if not self.writable:
+            if self._stamp is None:
+                self._stamp = stamp_paths(self.source_files) if self.source_files else ""
+            if self._stamp:
+                return f"{self.url}|{self._stamp}"
+        return f"local:{self.url}@{id(self)}:{self._version}"
+
+    def close(self) -> None:
+        """Release open files or handles (a no-op for backends that hold none)."""  # noqa: B027
+
+    def __enter__(self) -> Volume:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def describe(self) -> dict:
         """Metadata as a JSON-ready dict (sizes in voxels (z, y, x), resolution in nm)."""

@@ -6,7 +6,8 @@ helps sources that are slow to decode (gzip'd HDF5, PNG stacks) across processes
 reads chunks ahead in a background thread so that the next ``read`` finds them in memory.
 
 Keys are ``(volume_key, chunk_start_zyx)``; ``volume_key`` identifies a volume's content (its URL plus a
-version stamp), so a write or a changed file never returns stale data.
+stamp of its files, or a process-local version that changes on every write), so a write or a changed file
+never returns stale data. Only keys that are stable across processes go to the disk tier.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from pathlib import Path
 import numpy as np
 
 ChunkKey = tuple[str, tuple[int, int, int]]
+#: volume keys that only mean something inside this process; never written to the disk tier.
+LOCAL_PREFIX = "local:"
 
 
 @dataclass
@@ -125,11 +128,11 @@ class ChunkCache:
 
     # -- memory tier ----------------------------------------------------------------------------------
     def _put_memory(self, key: ChunkKey, array: np.ndarray) -> None:
-        if array.nbytes > self.max_bytes:
-            return
-        old = self._entries.pop(key, None)
+        old = self._entries.pop(key, None)  # dropped even if the new array is too big: never keep stale data
         if old is not None:
             self._bytes -= old.nbytes
+        if array.nbytes > self.max_bytes:
+            return
         self._entries[key] = array
         self._bytes += array.nbytes
         while self._bytes > self.max_bytes and self._entries:
@@ -148,7 +151,7 @@ class ChunkCache:
         return self._disk_volume_dir(volume_key) / f"{start[0]}_{start[1]}_{start[2]}.npy"
 
     def _disk_get(self, key: ChunkKey) -> np.ndarray | None:
-        if self.disk_dir is None:
+        if self.disk_dir is None or key[0].startswith(LOCAL_PREFIX):
             return None
         path = self._disk_path(key)
         try:
@@ -159,7 +162,7 @@ class ChunkCache:
         return array
 
     def _disk_put(self, key: ChunkKey, array: np.ndarray) -> None:
-        if self.disk_dir is None:
+        if self.disk_dir is None or key[0].startswith(LOCAL_PREFIX):
             return
         path = self._disk_path(key)
         path.parent.mkdir(parents=True, exist_ok=True)

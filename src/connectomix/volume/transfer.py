@@ -10,6 +10,7 @@ from pathlib import Path
 from connectomix.errors import InputError
 from connectomix.progress import track
 from connectomix.volume.base import Volume
+from connectomix.volume.blocks import read_blocks
 from connectomix.volume.url import open_volume, parse_url
 
 
@@ -44,8 +45,8 @@ def import_volume(
         dst = open_volume(f"zarr://{tmp_path}", "w-", like=src, chunks=chunks)
         block = tuple(c * block_chunks for c in chunks)
         blocks = src.bounds.split(block)
-        for box in track(blocks, f"import {src.url}", enabled=progress):
-            dst.write(box, src.read(box))
+        for box, data in track(read_blocks(src, blocks), f"import {src.url}", len(blocks), progress):
+            dst.write(box, data)
         if final_path.exists():
             shutil.rmtree(final_path)
         tmp_path.replace(final_path)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 from urllib.parse import parse_qsl
 
@@ -113,6 +114,16 @@ def _guess_scheme(url: str) -> str:
     lower = path.lower()
     if lower.endswith(".zarr"):
         return "zarr"
+    directory = Path(path)
+    if directory.is_dir():
+        if (directory / "zarr.json").is_file():
+            return "zarr"
+        if (directory / "info").is_file():
+            return "precomputed"
+        if any(directory.glob("*.png")):
+            return "pngstack"
+        if any(directory.glob("*.tif")) or any(directory.glob("*.tiff")):
+            return "tiff"
     if lower.endswith((".h5", ".hdf5", ".h5.gz", ".hdf", ".hdf5.gz")):
         return "h5"
     if lower.endswith(".npz"):

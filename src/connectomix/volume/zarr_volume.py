@@ -93,6 +93,8 @@ def open_zarr(parsed: ParsedUrl, mode: str, spec: CreateSpec | None) -> ZarrVolu
     if mode in ("w", "w-") or (mode == "a" and not exists):
         if mode == "w-" and path.exists():
             raise InputError(f"{parsed.url}: already exists (mode 'w-' creates only new volumes)")
+        if mode == "w" and path.exists() and not exists and (path.is_file() or any(path.iterdir())):
+            raise InputError(f"{parsed.url}: exists and is not a zarr volume; refusing to replace it")
         if spec is None:
             raise InputError(f"{parsed.url}: creating a volume needs shape and dtype (or like=VOLUME)")
         return create_zarr(path, spec, parsed.url, overwrite=(mode == "w"))
@@ -105,6 +107,11 @@ def open_zarr(parsed: ParsedUrl, mode: str, spec: CreateSpec | None) -> ZarrVolu
     except (ValueError, KeyError, TypeError) as exc:
         raise CorruptDataError(f"{parsed.url}: unreadable zarr metadata ({exc})") from None
     volume = ZarrVolume(parsed.url, array, writable=mode != "r")
+    if mode == "a" and spec is not None and (volume.shape != spec.shape or volume.dtype != spec.dtype):
+        raise InputError(
+            f"{parsed.url}: exists as {volume.dtype} {volume.shape}, "
+            f"not the requested {spec.dtype} {spec.shape}"
+        )
     override = parsed.resolution_override()
     if override is not None:
         volume.resolution = override
