@@ -57,6 +57,7 @@ class ChunkCache:
         self._entries: OrderedDict[ChunkKey, np.ndarray] = OrderedDict()
         self._bytes = 0
         self._lock = threading.RLock()
+        self._pending: dict[ChunkKey, threading.Event] = {}  # chunks a prefetcher is loading right now
         self.stats = CacheStats()
 
     # -- lookups --------------------------------------------------------------------------------------
@@ -91,7 +92,14 @@ class ChunkCache:
         return array
 
     def get_or_load(self, key: ChunkKey, load: Callable[[], np.ndarray]) -> np.ndarray:
-        """The cached chunk, or ``load()`` stored and returned."""
+        """The cached chunk, or ``load()`` stored and returned.
+
+        If a prefetcher is loading this chunk right now, wait for it instead of decoding it twice.
+        """
+        with self._lock:
+            pending = self._pending.get(key)
+        if pending is not None:
+            pending.wait()
         array = self.get(key)
         if array is None:
             array = load()
@@ -185,21 +193,29 @@ class Prefetcher:
         self._futures: list[Future[None]] = []
 
     def submit(self, items: Iterable[tuple[ChunkKey, Callable[[], np.ndarray]]]) -> int:
-        """Queue chunk loads; returns how many were queued (cached ones are not)."""
+        """Queue chunk loads; returns how many were queued (cached or already queued ones are not)."""
         queued = 0
+        cache = self.cache
         for key, load in items:
-            if key in self.cache:
-                continue
-            self._futures.append(self._pool.submit(self._load, key, load))
+            with cache._lock:
+                if key in cache._entries or key in cache._pending:
+                    continue
+                event = cache._pending[key] = threading.Event()
+            self._futures.append(self._pool.submit(self._load, key, load, event))
             queued += 1
         return queued
 
-    def _load(self, key: ChunkKey, load: Callable[[], np.ndarray]) -> None:
-        if key in self.cache:
-            return
-        self.cache.put(key, load())
-        with self.cache._lock:
-            self.cache.stats.prefetched += 1
+    def _load(self, key: ChunkKey, load: Callable[[], np.ndarray], event: threading.Event) -> None:
+        cache = self.cache
+        try:
+            cache.put(key, load())
+            with cache._lock:
+                cache.stats.prefetched += 1
+        finally:
+            # Readers waiting on this chunk go on; after a failure they load it themselves and see the error.
+            with cache._lock:
+                cache._pending.pop(key, None)
+            event.set()
 
     def wait(self) -> None:
         """Block until every queued load has finished; re-raise the first background error."""
@@ -208,7 +224,11 @@ class Prefetcher:
             future.result()
 
     def close(self) -> None:
+        """Stop the background thread; loads that never started release their waiting readers."""
         self._pool.shutdown(wait=True, cancel_futures=True)
+        with self.cache._lock:
+            for key in [k for k, e in self.cache._pending.items() if not e.is_set()]:
+                self.cache._pending.pop(key).set()
 
 
 _shared_cache: ChunkCache | None = None

@@ -159,7 +159,7 @@ def open_volume(
     shape: Sequence[int] | None = None,
     dtype: np.dtype | str | type | None = None,
     resolution: Sequence[float] | None = None,
-    chunks: Sequence[int] | None = None,
+    chunks: Sequence[int] | int | None = None,
     voxel_offset: Sequence[int] | None = None,
     kind: VolumeKind | None = None,
     like: Volume | None = None,
@@ -185,7 +185,7 @@ def _create_spec(
     shape: Sequence[int] | None,
     dtype: np.dtype | str | type | None,
     resolution: Sequence[float] | None,
-    chunks: Sequence[int] | None,
+    chunks: Sequence[int] | int | None,
     voxel_offset: Sequence[int] | None,
     kind: VolumeKind | None,
     like: Volume | None,
@@ -202,6 +202,8 @@ def _create_spec(
     shape_t = tuple(int(s) for s in shape)
     if len(shape_t) != 3 or any(s <= 0 for s in shape_t):
         raise InputError(f"{parsed.url}: shape must be 3 positive sizes (z, y, x), got {tuple(shape)}")
+    if isinstance(chunks, int):
+        chunks = (chunks,) * 3
     chunk_t = tuple(int(c) for c in (chunks or (64, 64, 64)))
     chunk_t = tuple(max(1, min(c, s)) for c, s in zip(chunk_t, shape_t, strict=True))
     res = parsed.resolution_override() or tuple(float(r) for r in (resolution or (1.0, 1.0, 1.0)))
