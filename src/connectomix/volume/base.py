@@ -119,8 +119,8 @@ class Volume(ABC):
                 return f"{self.url}|{self._stamp}"
         return f"local:{self.url}@{id(self)}:{self._version}"
 
-    def close(self) -> None:
-        """Release open files or handles (a no-op for backends that hold none)."""  # noqa: B027
+    def close(self) -> None:  # noqa: B027 - a hook with a default, not an abstract method
+        """Release open files or handles (a no-op for backends that hold none)."""
 
     def __enter__(self) -> Volume:
         return self

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import zarr
@@ -29,7 +30,7 @@ class ZarrVolume(Volume):
     scheme = "zarr"
 
     def __init__(self, url: str, array: zarr.Array, writable: bool) -> None:
-        attrs = dict(array.attrs.get(ATTRS_KEY, {}))
+        attrs: dict[str, Any] = dict(array.attrs.get(ATTRS_KEY, {}))  # type: ignore[arg-type]
         if array.ndim != 3:
             raise InputError(
                 f"{url}: expected a 3-D (z, y, x) zarr array, found {array.ndim}-D {array.shape}"
