@@ -15,7 +15,6 @@ two inputs (C or Fortran order) works without a copy.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -23,7 +22,9 @@ import fastremap
 import numpy as np
 
 from connectomix.errors import InputError
+from connectomix.progress import track
 from connectomix.volume.base import ArrayVolume, Volume
+from connectomix.volume.blocks import read_blocks
 from connectomix.volume.box import Box
 
 #: Default block (z, y, x) voxels for reading volumes: 4 Mi voxels, about 100 MB of temporaries.
@@ -202,8 +203,10 @@ def _volume_blocks(
     boxes: list[Box] = seg.bounds.split(block_shape)
 
     def blocks() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        for box in boxes:
-            yield _flat_pair(seg.read(box), gt.read(box))
+        # Read ahead in background threads so decoding the next block overlaps counting this one.
+        pairs = zip(read_blocks(seg, boxes), read_blocks(gt, boxes), strict=True)
+        for (_, seg_block), (_, gt_block) in pairs:
+            yield _flat_pair(seg_block, gt_block)
 
     return len(boxes), blocks()
 
@@ -245,7 +248,7 @@ def contingency(
     pending: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     pending_pairs = 0
     n_voxels = 0
-    for flat_seg, flat_gt in _with_progress(blocks, n_blocks, progress):
+    for flat_seg, flat_gt in track(blocks, "contingency table", n_blocks, progress and n_blocks > 1):
         table = _block_table(flat_seg, flat_gt)
         n_voxels += flat_seg.size
         pending.append(table)
@@ -259,19 +262,3 @@ def contingency(
 
 def _concat(tables: list[tuple[np.ndarray, np.ndarray, np.ndarray]]) -> tuple[np.ndarray, ...]:
     return tuple(np.concatenate([t[i] for t in tables]) for i in range(3))
-
-
-def _with_progress(
-    blocks: Iterator[tuple[np.ndarray, np.ndarray]], total: int, progress: bool
-) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    if not progress or total <= 1:
-        yield from blocks
-        return
-    from rich.console import Console
-    from rich.progress import Progress
-
-    with Progress(console=Console(stderr=True), disable=not sys.stderr.isatty(), transient=True) as bar:
-        task = bar.add_task("contingency table", total=total)
-        for block in blocks:
-            yield block
-            bar.advance(task)
