@@ -199,3 +199,17 @@ def test_console_script_prints_no_traceback(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_evaluate_with_erl_on_synthetic_volume(tmp_path, capsys):
+    from connectomix.volume.synthetic import make_synthetic
+
+    volume = make_synthetic((32, 48, 48), seed=2)
+    gt = write_zarr(tmp_path / "gt.zarr", volume.gt)
+    code, out, err = run_cx(capsys, "evaluate", gt, gt, "--erl", "--json", str(tmp_path / "r.json"))
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    erl = report["erl"]
+    assert erl["n_skeletons"] > 0
+    assert erl["erl_nm"] == pytest.approx(erl["max_erl_nm"])  # a perfect segmentation keeps every run whole
+    assert "erl_nm" in out
