@@ -45,6 +45,7 @@ import numpy as np
 from scipy import ndimage
 
 from connectomix.errors import InputError
+from connectomix.volume.box import check_resolution
 
 FloatTriple = tuple[float, float, float]
 
@@ -125,7 +126,7 @@ def boundary_from_raw(
 ) -> np.ndarray:
     """A boundary map in [0, 1] (float32, high on dark membranes) from a ``(z, y, x)`` EM image."""
     params = params or BaselineParams()
-    res = _check_resolution(resolution_nm_zyx)
+    res = check_resolution(resolution_nm_zyx)
     image = np.asarray(raw, dtype=np.float32)
     sigma = _sigma_voxels(params.smooth_nm, res)
     if any(s > 0 for s in sigma):
@@ -166,7 +167,7 @@ def segment_baseline(
     """
     start = time.perf_counter()
     params = params or BaselineParams()
-    res = _check_resolution(resolution_nm_zyx)
+    res = check_resolution(resolution_nm_zyx)
     raw = np.asarray(raw)
     if raw.ndim != 3:
         raise InputError(f"raw must be a 3-D (z, y, x) array, got shape {raw.shape}")
@@ -235,18 +236,6 @@ def segment_baseline(
 
 
 # ---------------------------------------------------------------------------------------------------------
-def _check_resolution(resolution_nm_zyx: Sequence[float]) -> FloatTriple:
-    try:
-        res = tuple(float(r) for r in resolution_nm_zyx)
-    except (TypeError, ValueError):
-        raise InputError(
-            f"resolution_nm_zyx must be 3 positive numbers (nm), got {resolution_nm_zyx!r}"
-        ) from None
-    if len(res) != 3 or not all(np.isfinite(r) and r > 0 for r in res):
-        raise InputError(f"resolution_nm_zyx must be 3 positive numbers (nm), got {resolution_nm_zyx!r}")
-    return res  # type: ignore[return-value]
-
-
 def _sigma_voxels(sigma_nm: float, res: FloatTriple) -> tuple[float, float, float]:
     """A physical sigma (nm) in voxels per axis; below 0.3 voxel an axis is not smoothed."""
     sig = [sigma_nm / r for r in res]

@@ -28,6 +28,17 @@ def _triple(values: Sequence[int] | int, name: str) -> Triple:
     return (int(items[0]), int(items[1]), int(items[2]))
 
 
+def check_resolution(resolution_nm: Sequence[float], name: str = "resolution_nm_zyx") -> FloatTriple:
+    """Validate a voxel size: 3 finite positive numbers in nm (order as given). Raises InputError."""
+    try:
+        values = tuple(float(r) for r in resolution_nm)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be 3 positive numbers (nm), got {resolution_nm!r}") from None
+    if len(values) != 3 or not all(np.isfinite(r) and r > 0 for r in values):
+        raise InputError(f"{name} must be 3 positive numbers (nm), got {resolution_nm!r}")
+    return values  # type: ignore[return-value]
+
+
 def xyz_to_zyx(values_xyz: Sequence[float]) -> tuple:
     """Reverse an (x, y, z) triple (point, size or resolution) into (z, y, x)."""
     items = tuple(values_xyz)

@@ -21,10 +21,10 @@ from typing import IO
 import h5py
 import numpy as np
 
-from connectomix.errors import CorruptDataError, InputError, NotFoundError, UnsupportedError
+from connectomix.errors import CorruptDataError, InputError, NotFoundError
 from connectomix.volume.base import Volume
 from connectomix.volume.box import Box
-from connectomix.volume.url import CreateSpec, ParsedUrl
+from connectomix.volume.url import CreateSpec, ParsedUrl, require_read_only
 
 DEFAULT_CHUNKS: tuple[int, int, int] = (64, 64, 64)
 RESOLUTION_ATTRS: tuple[str, ...] = ("resolution_nm_zyx", "resolution")
@@ -81,10 +81,7 @@ def open_hdf5(parsed: ParsedUrl, mode: str, spec: CreateSpec | None) -> Hdf5Volu
     or dataset, :class:`CorruptDataError` for a file that is not readable HDF5 (or not readable gzip), and
     :class:`InputError` for a dataset that is not 3-D.
     """
-    if mode != "r":
-        raise UnsupportedError(
-            f"{parsed.url}: HDF5 volumes are read-only (mode 'r'); write to a zarr:// or precomputed:// URL"
-        )
+    require_read_only(parsed, mode, "HDF5 volumes")
     path = Path(parsed.path).expanduser()
     if not path.is_file():
         raise NotFoundError(f"{parsed.url}: no such HDF5 file {str(path)!r}")

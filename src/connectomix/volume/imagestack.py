@@ -26,10 +26,10 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from connectomix.errors import CorruptDataError, InputError, NotFoundError, UnsupportedError
+from connectomix.errors import CorruptDataError, InputError, NotFoundError
 from connectomix.volume.base import Volume
 from connectomix.volume.box import Box
-from connectomix.volume.url import CreateSpec, ParsedUrl
+from connectomix.volume.url import CreateSpec, ParsedUrl, require_read_only
 
 SLAB_DEPTH = 32
 PNG_SUFFIXES: tuple[str, ...] = (".png",)
@@ -185,7 +185,7 @@ def open_pngstack(parsed: ParsedUrl, mode: str, spec: CreateSpec | None) -> Slic
     that is not a decodable PNG, and :class:`InputError` naming a slice that is not grayscale or whose shape
     or dtype differs from the first slice's.
     """
-    _require_read(parsed, mode, "PNG stacks")
+    require_read_only(parsed, mode, "PNG stacks")
     files = _list_slices(parsed, Path(parsed.path).expanduser(), PNG_SUFFIXES, "PNG slices (*.png)")
     return _open_stack(
         parsed, files, _with_url(parsed, _png_probe), _with_url(parsed, _png_decode), "pngstack"
@@ -339,7 +339,7 @@ def open_tiff(parsed: ParsedUrl, mode: str, spec: CreateSpec | None) -> Volume:
     Raises :class:`NotFoundError` for a missing path or a directory without TIFFs, :class:`CorruptDataError`
     for an undecodable file, and :class:`InputError` for colour images or slices that disagree in shape/dtype.
     """
-    _require_read(parsed, mode, "TIFF volumes")
+    require_read_only(parsed, mode, "TIFF volumes")
     path = Path(parsed.path).expanduser()
     resolution = parsed.resolution_override() or (1.0, 1.0, 1.0)
     if path.is_dir():
@@ -355,13 +355,6 @@ def open_tiff(parsed: ParsedUrl, mode: str, spec: CreateSpec | None) -> Volume:
 
 
 # -- shared ---------------------------------------------------------------------------------------------
-def _require_read(parsed: ParsedUrl, mode: str, what: str) -> None:
-    if mode != "r":
-        raise UnsupportedError(
-            f"{parsed.url}: {what} are read-only (mode 'r'); write to a zarr:// or precomputed:// URL"
-        )
-
-
 def _with_url(parsed: ParsedUrl, function: Callable[[Path], T]) -> Callable[[Path], T]:
     """Wrap a probe/decoder so that its errors start with the volume's URL (they already name the file)."""
 

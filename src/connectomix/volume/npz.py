@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from connectomix.errors import CorruptDataError, InputError, NotFoundError, UnsupportedError
+from connectomix.errors import CorruptDataError, InputError, NotFoundError
 from connectomix.volume.base import Volume
 from connectomix.volume.box import Box
-from connectomix.volume.url import CreateSpec, ParsedUrl
+from connectomix.volume.url import CreateSpec, ParsedUrl, require_read_only
 
 DEFAULT_CHUNKS: tuple[int, int, int] = (64, 64, 64)
 
@@ -90,10 +90,7 @@ def open_npz(parsed: ParsedUrl, mode: str, spec: CreateSpec | None) -> NpzVolume
     missing file or member (listing the members), :class:`CorruptDataError` for a file that is not a readable
     ``.npz``, and :class:`InputError` for a member that is not a 3-D numeric array.
     """
-    if mode != "r":
-        raise UnsupportedError(
-            f"{parsed.url}: .npz volumes are read-only (mode 'r'); write to a zarr:// or precomputed:// URL"
-        )
+    require_read_only(parsed, mode, ".npz volumes")
     path = Path(parsed.path).expanduser()
     if not path.is_file():
         raise NotFoundError(f"{parsed.url}: no such .npz file {str(path)!r}")

@@ -61,6 +61,7 @@ from scipy import ndimage
 
 from connectomix.errors import InputError, UnsupportedError
 from connectomix.volume.base import ArrayVolume, Volume, VolumeKind
+from connectomix.volume.box import check_resolution
 
 FloatTriple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -179,7 +180,7 @@ def make_synthetic(
         of a (40 nm)³ cube, at least 4.
     """
     shape = _check_shape(shape_zyx)
-    res = _check_resolution(resolution_nm_zyx)
+    res = check_resolution(resolution_nm_zyx)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
         raise InputError(f"seed must be a non-negative integer, got {seed!r}")
     for name, value in (("membrane_width_nm", membrane_width_nm), ("noise", noise), ("blur", blur)):
@@ -281,18 +282,6 @@ def _check_shape(shape_zyx: Sequence[int]) -> IntTriple:
         raise InputError(f"shape_zyx must be 3 positive integers (z, y, x), got {shape_zyx!r}") from None
     if len(items) != 3 or any(s < 1 for s in items):
         raise InputError(f"shape_zyx must be 3 positive integers (z, y, x), got {shape_zyx!r}")
-    return items  # type: ignore[return-value]
-
-
-def _check_resolution(resolution_nm_zyx: Sequence[float]) -> FloatTriple:
-    try:
-        items = tuple(float(r) for r in resolution_nm_zyx)
-    except (TypeError, ValueError):
-        raise InputError(
-            f"resolution_nm_zyx must be 3 positive numbers (nm), got {resolution_nm_zyx!r}"
-        ) from None
-    if len(items) != 3 or not all(np.isfinite(r) and r > 0 for r in items):
-        raise InputError(f"resolution_nm_zyx must be 3 positive numbers (nm), got {resolution_nm_zyx!r}")
     return items  # type: ignore[return-value]
 
 

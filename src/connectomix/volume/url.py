@@ -28,7 +28,7 @@ from urllib.parse import parse_qsl
 
 import numpy as np
 
-from connectomix.errors import InputError
+from connectomix.errors import InputError, UnsupportedError
 from connectomix.volume.base import Volume, VolumeKind
 from connectomix.volume.box import xyz_to_zyx
 
@@ -82,6 +82,14 @@ class CreateSpec:
     chunks: tuple[int, int, int] = (64, 64, 64)
     voxel_offset: tuple[int, int, int] = (0, 0, 0)
     kind: VolumeKind | None = None
+
+
+def require_read_only(parsed: ParsedUrl, mode: str, what: str) -> None:
+    """Raise :class:`UnsupportedError` unless ``mode`` is ``r``: ``what`` names the read-only source."""
+    if mode != "r":
+        raise UnsupportedError(
+            f"{parsed.url}: {what} are read-only (mode 'r'); write to a zarr:// or precomputed:// URL"
+        )
 
 
 def parse_url(url: str) -> ParsedUrl:
