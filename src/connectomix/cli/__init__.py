@@ -16,7 +16,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connectomix.errors import CxError, InputError
+from connectomix.cli.model import model_app
+from connectomix.cli.parsing import parse_triple, write_json
+from connectomix.cli.segment import segment_app
+from connectomix.errors import CxError
 
 app = typer.Typer(
     name="cx",
@@ -27,6 +30,8 @@ app = typer.Typer(
 )
 data_app = typer.Typer(help="Volumes: list the named datasets, inspect any volume URL, import into zarr.")
 app.add_typer(data_app, name="data", no_args_is_help=True)
+app.add_typer(model_app, name="model", no_args_is_help=True)
+app.add_typer(segment_app, name="segment", no_args_is_help=True)
 
 console = Console()
 
@@ -46,24 +51,6 @@ def _root(
     ] = False,
 ) -> None:
     """connectomix: EM volume → segmentation → proofreading → learning → wiring diagram."""
-
-
-def _parse_triple(text: str, name: str) -> tuple[int, int, int]:
-    try:
-        values = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise InputError(f"{name} must be 3 comma-separated integers Z,Y,X, got {text!r}") from None
-    if len(values) != 3 or any(v <= 0 for v in values):
-        raise InputError(f"{name} must be 3 positive integers Z,Y,X, got {text!r}")
-    return values  # type: ignore[return-value]
-
-
-def _write_json(path: Path, payload: dict) -> None:
-    """Write JSON atomically (temporary name, then rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
 
 
 # -- cx data ----------------------------------------------------------------------------------------------
@@ -115,7 +102,7 @@ def data_import(
     from connectomix.volume.transfer import import_volume
 
     volume = import_volume(
-        source, destination, chunks_zyx=_parse_triple(chunks, "--chunks"), overwrite=overwrite
+        source, destination, chunks_zyx=parse_triple(chunks, "--chunks"), overwrite=overwrite
     )
     console.print(
         f"imported {source} → {destination}: shape (z,y,x) {volume.shape}, {volume.dtype}, "
@@ -158,7 +145,7 @@ def evaluate_command(
         table.add_row("max_erl_nm", f"{payload['erl']['max_erl_nm']:.0f}")
     console.print(table)
     if json_out is not None:
-        _write_json(json_out, payload)
+        write_json(json_out, payload)
 
 
 # -- cx demo ----------------------------------------------------------------------------------------------

@@ -1,0 +1,256 @@
+"""Benchmark: FFN inference speed and quality on the FIB-25 crop, fp32 vs bf16 vs batched, and the baseline.
+
+Google's FIB-25 checkpoint is imported from ``../shared/testdata`` (no TensorFlow) and run on the crop
+``[75:175]³`` of FIB-25 ``training_sample2`` with Google's FIB-25 settings. Modes, all in this process:
+
+* ``fp32 b1``: one canvas at a time, fp32 (our reference);
+* ``bf16 b1``: one canvas, bf16 autocast, channels-last;
+* ``bf16 batched``: the crop cut into 2×2×2 overlapping subvolumes advanced together (batch 8) and
+  reconciled into one segmentation (block-wise path);
+* ``baseline``: the watershed baseline on the same crop.
+
+Reported per mode: FFN steps, ms per step, steps per voxel, end-to-end voxels/s, VI (split/merge) and ARAND
+against ground truth on the crop interior (a 16-voxel border excluded, where seeds lack context), and the
+interior ARAND between ours and Google's published segmentation of the full volume. A micro-benchmark gives
+ms per field of view at batch 1/4/8 for fp32 and bf16. Google's own code on this CPU is quoted from the
+measurement recorded in the issue (TensorFlow 2.21, 2 cores: 251.5 s for 726 steps on this crop); it is not
+re-run here because TensorFlow is not installed. Run: ``.venv/bin/python bench/ffn.py`` (about 10 minutes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import itertools
+import json
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+CROP = (slice(75, 175),) * 3
+BORDER = 16
+GOOGLE_TF = {"seconds": 251.5, "steps": 726, "voxels": 100**3, "source": "issue #3, measured on this CPU"}
+
+
+def machine() -> dict[str, Any]:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if "model name" in line
+        ),
+        platform.processor(),
+    )
+    return {
+        "platform": platform.platform(),
+        "cpu": cpu,
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }
+
+
+LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
+
+
+def micro(model: torch.nn.Module, repeats: int) -> list[dict[str, Any]]:
+    """ms per 33³ field of view of one forward pass, per precision, memory layout and batch size.
+
+    This is the measurement behind ``connectomix.segment.inference.MEMORY_FORMAT``.
+    """
+    rows = []
+    for (precision, layout), batch in itertools.product(
+        itertools.product(("fp32", "bf16"), LAYOUTS), (1, 4, 8)
+    ):
+        fmt = LAYOUTS[layout]
+        net = model.to(memory_format=fmt)
+        image = torch.randn(batch, 1, 33, 33, 33).contiguous(memory_format=fmt)
+        seed = torch.randn(batch, 1, 33, 33, 33).contiguous(memory_format=fmt)
+        ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+        with torch.inference_mode(), ctx:
+            net(image, seed)
+            start = time.perf_counter()
+            for _ in range(repeats):
+                net(image, seed)
+            seconds = (time.perf_counter() - start) / repeats
+        rows.append(
+            {"precision": precision, "layout": layout, "batch": batch, "ms_per_fov": 1000 * seconds / batch}
+        )
+    return rows
+
+
+def interior(array: np.ndarray) -> np.ndarray:
+    return array[(slice(BORDER, -BORDER),) * 3]
+
+
+def score(seg: np.ndarray, gt: np.ndarray, google: np.ndarray) -> dict[str, float]:
+    from connectomix.evaluate import evaluate
+
+    vs_gt = evaluate(interior(seg), interior(gt))
+    vs_google = evaluate(interior(seg), interior(google))
+    return {
+        "vi_split": vs_gt.vi_split,
+        "vi_merge": vs_gt.vi_merge,
+        "vi": vs_gt.vi,
+        "arand": vs_gt.arand,
+        "arand_vs_google": vs_google.arand,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "ffn.json")
+    parser.add_argument("--repeats", type=int, default=5, help="forward passes per micro-benchmark row")
+    parser.add_argument("--modes", default="fp32,bf16,batched,baseline")
+    args = parser.parse_args(argv)
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from connectomix.segment.baseline import segment_baseline
+    from connectomix.segment.blockwise import ffn_segmenter, segment_volume
+    from connectomix.segment.inference import InferenceOptions, segment_subvolume
+    from connectomix.segment.models import FFNConfig
+    from connectomix.segment.tf_import import import_tf_checkpoint
+    from connectomix.volume import ArrayVolume, open_volume
+    from connectomix.volume.datasets import data_dir
+
+    console = Console(width=160)
+    root = data_dir()
+    if root is None:
+        console.print(
+            "skipped: real data not found (set CX_DATA_DIR or place shared/testdata beside the repository)"
+        )
+        return 0
+    model = import_tf_checkpoint(root / "reference" / "google_ffn_fib25" / "model.ckpt-27465036", FFNConfig())
+    raw = open_volume("fib25-ts2/raw").read()[CROP].copy()
+    gt = open_volume("fib25-ts2/gt").read()[CROP].copy()
+    google = open_volume("fib25-ts2/google-ffn").read()[CROP].astype(np.uint64)
+    n_voxels = raw.size
+
+    micro_rows = micro(model, args.repeats)
+    for row in micro_rows:
+        console.print(
+            f"  micro {row['precision']} {row['layout']} batch {row['batch']}: {row['ms_per_fov']:.1f} ms/FOV"
+        )
+
+    modes = args.modes.split(",")
+    results: list[dict[str, Any]] = []
+    if "fp32" in modes or "bf16" in modes:
+        for precision in ("fp32", "bf16"):
+            if precision not in modes:
+                continue
+            options = InferenceOptions(precision=precision, batch_size=1)  # type: ignore[arg-type]
+            start = time.perf_counter()
+            result = segment_subvolume(raw, model, options)
+            seconds = time.perf_counter() - start
+            steps = result.counters.steps
+            results.append(
+                {"mode": f"{precision} b1", "steps": steps, "seconds": seconds}
+                | score(result.segmentation, gt, google)
+            )
+            console.print(f"  {precision} b1: {steps} steps in {seconds:.1f} s")
+    if "batched" in modes:
+        options = InferenceOptions(precision="bf16", batch_size=8)
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            blockwise = segment_volume(
+                ArrayVolume(raw, resolution=(10, 10, 10)),
+                f"zarr://{tmp}/seg.zarr",
+                ffn_segmenter(model, options),
+                block_shape_zyx=(50, 50, 50),
+                overlap_zyx=(24, 24, 24),
+                batch_blocks=8,
+                progress=False,
+            )
+            seconds = time.perf_counter() - start
+            seg = open_volume(f"zarr://{tmp}/seg.zarr").read()
+        steps = int(blockwise.counters.get("steps", 0))
+        results.append(
+            {"mode": "bf16 batched (8 subvolumes)", "steps": steps, "seconds": seconds}
+            | score(seg, gt, google)
+        )
+        console.print(f"  bf16 batched: {steps} steps in {seconds:.1f} s")
+    if "baseline" in modes:
+        start = time.perf_counter()
+        base = segment_baseline(raw, resolution_nm_zyx=(10, 10, 10))
+        seconds = time.perf_counter() - start
+        results.append(
+            {"mode": "baseline (watershed)", "steps": 0, "seconds": seconds}
+            | score(base.segmentation, gt, google)
+        )
+    google_row = {"mode": "Google FFN (published, full volume)", "steps": None, "seconds": None} | score(
+        google, gt, google
+    )
+    for row in results:
+        row["voxels_per_second"] = n_voxels / row["seconds"]
+        row["ms_per_step"] = 1000 * row["seconds"] / row["steps"] if row["steps"] else None
+        row["steps_per_voxel"] = row["steps"] / n_voxels if row["steps"] else None
+    reference = next((r for r in results if r["mode"] == "fp32 b1"), None)
+    google_vps = GOOGLE_TF["voxels"] / GOOGLE_TF["seconds"]
+    for row in results:
+        row["speedup_vs_fp32_b1"] = (
+            row["voxels_per_second"] / reference["voxels_per_second"] if reference else None
+        )
+        row["speedup_vs_google_tf"] = row["voxels_per_second"] / google_vps
+
+    table = Table(title="FFN on FIB-25 ts2 crop [75:175]³ (interior scores, 16-voxel border excluded)")
+    columns = (
+        "mode",
+        "steps",
+        "ms/step",
+        "voxels/s",
+        "× fp32 b1",
+        "× Google TF",
+        "VI split",
+        "VI merge",
+        "ARAND",
+        "ARAND vs Google",
+    )
+    for column in columns:
+        table.add_column(column, justify="right")
+    for row in [*results, google_row]:
+
+        def fmt(key: str, spec: str, row: dict[str, Any] = row) -> str:
+            value = row.get(key)
+            return "—" if value is None else format(value, spec)
+
+        table.add_row(
+            row["mode"], fmt("steps", "d"), fmt("ms_per_step", ".1f"), fmt("voxels_per_second", ",.0f"),
+            fmt("speedup_vs_fp32_b1", ".2f"), fmt("speedup_vs_google_tf", ".2f"), fmt("vi_split", ".3f"),
+            fmt("vi_merge", ".3f"), fmt("arand", ".3f"), fmt("arand_vs_google", ".3f"),
+        )  # fmt: skip
+    console.print(table)
+    google_ms = 1000 * GOOGLE_TF["seconds"] / GOOGLE_TF["steps"]
+    console.print(
+        f"Google's TensorFlow code on this CPU (quoted): {google_vps:,.0f} voxels/s, {google_ms:.0f} ms/step"
+    )
+
+    report = {
+        "benchmark": "ffn",
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "machine": machine(),
+        "crop_zyx": [[75, 175]] * 3,
+        "interior_border_voxels": BORDER,
+        "micro": micro_rows,
+        "results": results,
+        "google_published": google_row,
+        "google_tf_on_this_cpu": GOOGLE_TF,
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    tmp_json = args.json.with_suffix(".json.tmp")
+    tmp_json.write_text(json.dumps(report, indent=2, default=float) + "\n")
+    tmp_json.replace(args.json)
+    console.print(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

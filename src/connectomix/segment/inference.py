@@ -1,0 +1,293 @@
+"""Flood-filling inference: options, the batched runner, and segmenting whole subvolumes.
+
+>>> from connectomix.segment.inference import InferenceOptions, segment_subvolume
+>>> result = segment_subvolume(raw_zyx_uint8, model, InferenceOptions(precision="bf16"))  # doctest: +SKIP
+>>> result.segmentation, result.probability, result.counters.steps  # doctest: +SKIP
+
+Each subvolume is a :class:`~connectomix.segment.canvas.Canvas` (the rules are documented there). Within one
+canvas the network steps are sequential, so :func:`run_canvases` batches across canvases: every forward pass
+takes the next pending field of view of up to ``batch_size`` different canvases, stacked into one
+``(B, 1, z, y, x)`` image tensor and one seed tensor. Batching never changes a result: each canvas sees
+exactly the steps it would see alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
+
+from connectomix.errors import InputError
+from connectomix.progress import is_terminal
+from connectomix.segment.canvas import (
+    Canvas,
+    CanvasResult,
+    InferenceCounters,
+    ObjectStats,
+    SubvolumeResult,
+    face_max_moves,
+)
+from connectomix.segment.models import FFNModel
+from connectomix.segment.seeds import SeedPolicy, seed_policy
+
+__all__ = [
+    "Canvas",
+    "CanvasResult",
+    "InferenceCounters",
+    "InferenceOptions",
+    "ObjectStats",
+    "SubvolumeResult",
+    "face_max_moves",
+    "run_canvases",
+    "segment_subvolume",
+    "segment_subvolumes",
+]
+
+Precision = Literal["fp32", "bf16"]
+PRECISIONS: tuple[str, ...] = ("fp32", "bf16")
+
+# Memory format of the model and its inputs per precision. Measured on this project's CPU (Xeon, 2 cores,
+# AVX-512 + AMX-BF16; torch 2.13, 2 threads; FIB-25-size ConvStack3D, 33³ FOV), ms per field of view:
+#                     batch 1   batch 8
+#   fp32 contiguous     413       544
+#   fp32 channels_last  275       398
+#   bf16 contiguous     156       245
+#   bf16 channels_last   85       108
+# channels_last_3d wins for both precisions; batch 8 is no faster per FOV than batch 1 on 2 cores (batches
+# of 2 and 4 neither), hence a default batch of 1 on CPU. ``python bench/ffn_inference.py layout`` repeats
+# the measurement (a second run, other workers sharing the CPU: 324/405, 77/102 ms channels_last).
+MEMORY_FORMAT: dict[str, torch.memory_format] = {
+    "fp32": torch.channels_last_3d,
+    "bf16": torch.channels_last_3d,
+}
+#: Canvases per forward pass on CUDA when ``InferenceOptions.batch_size`` is None.
+CUDA_BATCH_SIZE = 8
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How to flood-fill. Probabilities (not logits) for the four thresholds; sizes in voxels, (z, y, x).
+
+    Defaults are Google's FIB-25 settings (init 0.95, pad 0.05, move 0.9, segment 0.6, min size 1000,
+    min_boundary_dist 1, PolicyPeaks seeds). ``disco_seed_threshold`` is Google's "disconnected seed"
+    bias (see :meth:`Canvas.apply`): Google's FIB-25 run had it on at 0.0 because its request left the
+    proto field unset, and only with it on do we reproduce that run step for step; ``None`` turns it off
+    (the pure overwrite that ``specs/ffn.md`` describes).
+    ``batch_size`` is the number of canvases advanced per forward pass (None: 1 on CPU, where batching
+    does not raise throughput — see ``MEMORY_FORMAT`` — and ``CUDA_BATCH_SIZE`` on CUDA);
+    ``max_steps_per_object`` caps
+    the network steps of one object (None: no cap); ``keep_probability`` keeps the uint8 probability map.
+    """
+
+    init_activation: float = 0.95
+    pad_value: float = 0.05
+    move_threshold: float = 0.9
+    segment_threshold: float = 0.6
+    min_segment_size: int = 1000
+    min_boundary_dist: tuple[int, int, int] = (1, 1, 1)
+    seed_policy: str | SeedPolicy = "peaks"
+    disco_seed_threshold: float | None = 0.0
+    precision: Precision = "fp32"
+    device: str = "cpu"
+    batch_size: int | None = None
+    max_steps_per_object: int | None = None
+    keep_probability: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("init_activation", "pad_value", "move_threshold", "segment_threshold"):
+            value = getattr(self, name)
+            if not 0.0 < float(value) < 1.0:
+                raise InputError(f"{name} is a probability strictly between 0 and 1, got {value}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be fp32 or bf16, got {self.precision!r}")
+        mbd = tuple(int(v) for v in np.broadcast_to(np.asarray(self.min_boundary_dist), (3,)))
+        if any(v < 0 for v in mbd):
+            raise InputError(f"min_boundary_dist must be 3 non-negative voxel counts (z, y, x), got {mbd}")
+        object.__setattr__(self, "min_boundary_dist", mbd)
+        if self.min_segment_size < 0:
+            raise InputError(f"min_segment_size must be >= 0 voxels, got {self.min_segment_size}")
+        if self.batch_size is not None and self.batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.max_steps_per_object is not None and self.max_steps_per_object < 1:
+            raise InputError(f"max_steps_per_object must be >= 1 or None, got {self.max_steps_per_object}")
+        device = str(self.device)
+        if device != "cpu" and device != "cuda" and not device.startswith("cuda:"):
+            raise InputError(f"device must be 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+        seed_policy(self.seed_policy)  # unknown names fail here, not half-way through a run
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``name``; a clear InputError when CUDA is asked for but absent."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(
+            f"device {name!r} was requested but CUDA is not available to torch {torch.__version__} "
+            "(no GPU visible or a CPU-only build); use device='cpu'"
+        )
+    return device
+
+
+class _Engine:
+    """The model on its device, and a reusable input buffer (pinned on CUDA) for one batch."""
+
+    def __init__(self, model: FFNModel, options: InferenceOptions) -> None:
+        self.device = resolve_device(options.device)
+        if options.batch_size is not None:
+            self.batch_size = options.batch_size
+        else:
+            self.batch_size = CUDA_BATCH_SIZE if self.device.type == "cuda" else 1
+        self.bf16 = options.precision == "bf16"
+        self.memory_format = MEMORY_FORMAT[options.precision]
+        # A private copy: changing the memory format or device must not touch the caller's model.
+        self.model = copy.deepcopy(model).eval().to(self.device)
+        self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # untyped overload
+        fov = tuple(model.config.fov_zyx)
+        pin = self.device.type == "cuda"
+        # (image | seed, batch, channel, z, y, x): both inputs in one buffer, so one host-to-device copy.
+        self.host = torch.empty((2, self.batch_size, 1, *fov), dtype=torch.float32, pin_memory=pin)
+        self.host_np = self.host.numpy()
+        self.forward_passes = 0
+        self.seconds = 0.0
+
+    def step(self, batch: list[tuple[Canvas, tuple[int, int, int]]]) -> None:
+        """One forward pass for the pending requests in ``batch``; results go back to their canvases."""
+        t0 = time.perf_counter()
+        n = len(batch)
+        for i, (canvas, pos) in enumerate(batch):
+            canvas.fill_inputs(pos, self.host_np[0, i, 0], self.host_np[1, i, 0])
+        with torch.inference_mode():
+            inputs = self.host.to(self.device, non_blocking=True) if self.device.type == "cuda" else self.host
+            image = inputs[0, :n].contiguous(memory_format=self.memory_format)
+            seed = inputs[1, :n].contiguous(memory_format=self.memory_format)
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                logits, log_variance = self.model.predict(image, seed)
+            out = logits.float()
+            if log_variance is not None:
+                out = torch.cat([out, log_variance.float()], dim=1)
+            result = out.cpu().contiguous().numpy()  # the one device-to-host copy of the pass
+        for i, (canvas, pos) in enumerate(batch):
+            canvas.apply(pos, result[i, 0], None if log_variance is None else result[i, 1])
+        self.forward_passes += 1
+        self.seconds += time.perf_counter() - t0
+
+
+def run_canvases(
+    canvases: Sequence[Canvas],
+    model: FFNModel,
+    options: InferenceOptions | None = None,
+    *,
+    progress: bool = False,
+) -> list[SubvolumeResult]:
+    """Advance every canvas until all seeds are tried, up to ``options.batch_size`` canvases per pass.
+
+    Canvases are served round-robin, so all of them progress while there are more canvases than batch
+    slots. Returns the canvases' results in the order given.
+    """
+    options = options or InferenceOptions()
+    engine = _Engine(model, options)
+    active = deque(canvases)
+    with _ProgressDisplay(canvases, enabled=progress) as display:
+        while active:
+            batch: list[tuple[Canvas, tuple[int, int, int]]] = []
+            for _ in range(len(active)):
+                if len(batch) == engine.batch_size:
+                    break
+                canvas = active.popleft()
+                pos = canvas.next_request()
+                if pos is not None:
+                    batch.append((canvas, pos))
+                    active.append(canvas)
+            if batch:
+                engine.step(batch)
+            display.update()
+    return [canvas.result() for canvas in canvases]
+
+
+def segment_subvolumes(
+    raws: Sequence[np.ndarray],
+    model: FFNModel,
+    options: InferenceOptions | None = None,
+    *,
+    progress: bool = False,
+) -> list[SubvolumeResult]:
+    """Flood-fill several (z, y, x) subvolumes at once, batching network steps across them.
+
+    Each raw is uint8 or float in raw intensity units (normalised with the model's ``image_mean`` and
+    ``image_stddev``) and at least one field of view on every axis. The results equal those of
+    :func:`segment_subvolume` on each raw alone.
+    """
+    options = options or InferenceOptions()
+    if not isinstance(model, FFNModel):
+        raise InputError(
+            f"model must be an FFNModel (see connectomix.segment.models), got {type(model).__name__}"
+        )
+    resolve_device(options.device)
+    canvases = [Canvas(raw, model.config, options) for raw in raws]
+    return run_canvases(canvases, model, options, progress=progress)
+
+
+def segment_subvolume(
+    raw: np.ndarray,
+    model: FFNModel,
+    options: InferenceOptions | None = None,
+    *,
+    progress: bool = False,
+) -> SubvolumeResult:
+    """Flood-fill one (z, y, x) subvolume (see :func:`segment_subvolumes` and :class:`SubvolumeResult`)."""
+    return segment_subvolumes([raw], model, options, progress=progress)[0]
+
+
+class _ProgressDisplay:
+    """A rich bar over seeds tried with objects, steps/s and voxels/s; silent unless enabled on a TTY."""
+
+    def __init__(self, canvases: Sequence[Canvas], enabled: bool) -> None:
+        self.canvases = canvases
+        self.enabled = enabled and is_terminal()
+        self._progress: Progress | None = None
+        self._task: TaskID | None = None
+        self._t0 = time.perf_counter()
+        self._last = 0.0
+
+    def __enter__(self) -> _ProgressDisplay:
+        if self.enabled:
+            self._progress = Progress(
+                TextColumn("[bold]flood filling"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.fields[stats]}"),
+                TimeElapsedColumn(),
+                transient=True,
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("ffn", total=None, stats="seeds")
+        return self
+
+    def update(self, force: bool = False) -> None:
+        if self._progress is None or self._task is None:
+            return
+        now = time.perf_counter()
+        if not force and now - self._last < 0.25:
+            return
+        self._last = now
+        done = sum(c.seeds_done for c in self.canvases)
+        total = sum(c.counters.seeds_total for c in self.canvases) or None
+        steps = sum(c.counters.steps for c in self.canvases)
+        objects = sum(c.counters.objects for c in self.canvases)
+        voxels = sum(c.counters.voxels_segmented for c in self.canvases)
+        elapsed = max(now - self._t0, 1e-9)
+        stats = (
+            f"seeds · {objects} objects · {steps / elapsed:.1f} steps/s · {voxels / elapsed:,.0f} voxels/s"
+        )
+        self._progress.update(self._task, completed=done, total=total, stats=stats)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._progress is not None:
+            self.update(force=True)
+            self._progress.__exit__(None, None, None)
