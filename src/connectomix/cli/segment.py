@@ -91,6 +91,77 @@ def train_command(
     )
 
 
+@segment_app.command("train-boundary")
+def train_boundary_command(
+    volumes: Annotated[
+        list[str],
+        typer.Argument(
+            help="RAW GT pairs: an EM volume (uint8) then its ground truth; repeat for more volumes."
+        ),
+    ],
+    out: Annotated[Path, typer.Option(help="safetensors boundary model file to write.")],
+    box: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="X0,Y0,Z0:X1,Y1,Z1 (voxels) per RAW GT pair, in order, or 'all'; none = whole volumes."
+        ),
+    ] = None,
+    steps: Annotated[int, typer.Option(help="Optimiser steps.")] = 1000,
+    batch_size: Annotated[int, typer.Option(help="Patches per step.")] = 2,
+    patch: Annotated[str, typer.Option(help="Training patch Z,Y,X (voxels, multiples of 4).")] = "48,48,48",
+    lr: Annotated[float, typer.Option(help="Adam learning rate (cosine-decayed to a tenth).")] = 2e-3,
+    features: Annotated[int, typer.Option(help="Channels at full resolution.")] = 12,
+    levels: Annotated[int, typer.Option(help="Down-sampling steps.")] = 2,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16 (autocast, channels-last).")] = "bf16",
+    seed: Annotated[int, typer.Option(help="Random seed (initial weights, sampling, augmentation).")] = 0,
+) -> None:
+    """Train a 3-D U-Net boundary predictor for --model baseline --boundary-model on RAW GT pairs."""
+    from connectomix.errors import InputError
+    from connectomix.segment.unet import BoundaryUNetConfig, save_boundary_model, train_boundary_unet
+    from connectomix.volume import open_volume
+
+    if len(volumes) % 2:
+        raise InputError(f"expected RAW GT pairs, got {len(volumes)} volume argument(s)")
+    pairs = [(volumes[k], volumes[k + 1]) for k in range(0, len(volumes), 2)]
+    boxes = list(box or [])
+    if boxes and len(boxes) != len(pairs):
+        raise InputError(f"give one --box per RAW GT pair ({len(pairs)}) or none, got {len(boxes)}")
+    if precision not in ("fp32", "bf16"):
+        raise InputError(f"--precision must be fp32 or bf16, got {precision!r}")
+    data = []
+    for k, (raw, gt) in enumerate(pairs):
+        raw_volume, gt_volume = open_volume(raw), open_volume(gt)
+        if raw_volume.shape != gt_volume.shape:
+            raise InputError(
+                f"RAW {raw} shape {raw_volume.shape} does not match GT {gt} shape {gt_volume.shape}"
+            )
+        text = boxes[k] if boxes else "all"
+        region = None if text == "all" else parse_box_xyz(text)
+        data.append((raw_volume.read(region), gt_volume.read(region)))
+    config = BoundaryUNetConfig(features=features, levels=levels)
+    model, losses = train_boundary_unet(
+        data,
+        config=config,
+        steps=steps,
+        batch_size=batch_size,
+        patch_zyx=parse_triple(patch, "--patch"),
+        lr=lr,
+        seed=seed,
+        precision=precision,  # type: ignore[arg-type]
+        progress=True,
+    )
+    save_boundary_model(
+        model, out, metadata={"trained_steps": str(steps), "trained_on": " ".join(volumes), "seed": str(seed)}
+    )
+    window = min(50, len(losses))
+    head = float(losses[:window].mean()) if window else float("nan")
+    tail = float(losses[-window:].mean()) if window else float("nan")
+    console.print(
+        f"trained {steps} steps on {len(data)} volume(s); loss {head:.3f} (first {window}) → "
+        f"{tail:.3f} (last {window}); boundary model → {out}"
+    )
+
+
 @segment_app.command("run")
 def run_command(
     raw: Annotated[str, typer.Argument(help="EM volume URL or dataset (uint8), e.g. fib25-ts2/raw.")],
@@ -110,6 +181,10 @@ def run_command(
     resume: Annotated[bool, typer.Option(help="Skip subvolumes a previous run finished.")] = True,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Write the run report here.")] = None,
+    boundary_model: Annotated[
+        Path | None,
+        typer.Option(help="With --model baseline: boundary U-Net (.safetensors from train-boundary)."),
+    ] = None,
 ) -> None:
     """Segment a volume of any size block-wise with an FFN (or the baseline), with global id reconciliation.
 
@@ -117,6 +192,7 @@ def run_command(
     """
     import torch
 
+    from connectomix.errors import InputError
     from connectomix.segment.blockwise import baseline_segmenter, ffn_segmenter, segment_volume
     from connectomix.segment.inference import InferenceOptions
     from connectomix.segment.models import load_model
@@ -124,8 +200,10 @@ def run_command(
 
     raw_volume = open_volume(raw)
     region = parse_box_xyz(box) if box else None
+    if boundary_model is not None and model != "baseline":
+        raise InputError("--boundary-model needs --model baseline (an FFN predicts no boundary map)")
     if model == "baseline":
-        segmenter = baseline_segmenter()
+        segmenter = baseline_segmenter(boundary_model=boundary_model, precision=precision)
         default_overlap = (16, 16, 16)
     else:
         options = InferenceOptions(
@@ -157,6 +235,7 @@ def run_command(
     report = {
         "raw": raw,
         "model": model,
+        "boundary_model": None if boundary_model is None else str(boundary_model),
         "out": result.out_url,
         "probability": result.probability_url,
         "uncertainty": result.uncertainty_url,

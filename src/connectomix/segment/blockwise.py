@@ -133,13 +133,52 @@ def fingerprint_of(segmenter: Any) -> str:
 
 # -- adapters -----------------------------------------------------------------------------------------------
 class BaselineSegmenter:
-    """:func:`~connectomix.segment.baseline.segment_baseline` on each subvolume in turn."""
+    """:func:`~connectomix.segment.baseline.segment_baseline` on each subvolume in turn.
 
-    def __init__(self, params: Any = None) -> None:
+    With a ``boundary_model`` (a :class:`~connectomix.segment.unet.BoundaryUNet`, or the path of one saved by
+    :func:`~connectomix.segment.unet.save_boundary_model`), each subvolume's boundary map is predicted by the
+    U-Net (:func:`~connectomix.segment.unet.predict_boundary` with ``precision``, and ``patch_zyx`` and
+    ``overlap_zyx`` in voxels (z, y, x), None for that function's defaults) instead of computed from the raw
+    image; the model's hash and the prediction options then become part of the fingerprint.
+    """
+
+    def __init__(
+        self,
+        params: Any = None,
+        boundary_model: Any = None,
+        *,
+        precision: str = "bf16",
+        patch_zyx: Sequence[int] | int | None = None,
+        overlap_zyx: Sequence[int] | int | None = None,
+    ) -> None:
         from connectomix.segment.baseline import BaselineParams
 
         self.params = params or BaselineParams()
         self.fingerprint = "baseline:" + json.dumps(dataclasses.asdict(self.params), sort_keys=True)
+        self.boundary_model = None
+        self.predict_options: dict[str, Any] = {}
+        if boundary_model is not None:
+            from connectomix.segment import unet
+
+            if isinstance(boundary_model, str | Path):
+                boundary_model = unet.load_boundary_model(boundary_model)
+            if not isinstance(boundary_model, unet.BoundaryUNet):
+                raise InputError(
+                    "boundary_model must be a BoundaryUNet or a model file path, "
+                    f"got {type(boundary_model).__name__}"
+                )
+            if precision not in ("fp32", "bf16"):
+                raise InputError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+            self.boundary_model = boundary_model
+            self.predict_options = {
+                "precision": precision,
+                "patch_zyx": unet.DEFAULT_PATCH_ZYX if patch_zyx is None else patch_zyx,
+                "overlap_zyx": unet.DEFAULT_OVERLAP_ZYX if overlap_zyx is None else overlap_zyx,
+            }
+            options = json.dumps(
+                {k: v if isinstance(v, str | int) else list(v) for k, v in self.predict_options.items()}
+            )
+            self.fingerprint += f"|boundary-unet:{unet.model_fingerprint(boundary_model)}:{options}"
 
     def __call__(
         self, raws: list[np.ndarray], boxes: list[Box], resolution_nm_zyx: FloatTriple
@@ -148,16 +187,33 @@ class BaselineSegmenter:
 
         outputs = []
         for raw in raws:
-            result = segment_baseline(raw, resolution_nm_zyx=resolution_nm_zyx, params=self.params)
+            boundary = None
+            tick = time.perf_counter()
+            if self.boundary_model is not None:
+                from connectomix.segment.unet import predict_boundary
+
+                boundary = predict_boundary(raw, self.boundary_model, **self.predict_options)
+            predict_seconds = time.perf_counter() - tick
+            result = segment_baseline(
+                raw, boundary=boundary, resolution_nm_zyx=resolution_nm_zyx, params=self.params
+            )
             counters = {"seeds": float(result.n_seeds), "segments": float(result.n_segments)}
             counters.update({f"seconds_{k}": float(v) for k, v in result.timings.items()})
+            if boundary is not None:
+                counters["seconds_boundary"] = counters.get("seconds_boundary", 0.0) + predict_seconds
             outputs.append(BlockOutput(segmentation=result.segmentation, counters=counters))
         return outputs
 
 
-def baseline_segmenter(params: Any = None) -> BaselineSegmenter:
-    """A :class:`BlockSegmenter` running the baseline watershed (``params``: :class:`BaselineParams`)."""
-    return BaselineSegmenter(params)
+def baseline_segmenter(
+    params: Any = None, boundary_model: Any = None, **predict_options: Any
+) -> BaselineSegmenter:
+    """A :class:`BlockSegmenter` running the baseline watershed (``params``: :class:`BaselineParams`).
+
+    ``boundary_model``: an optional boundary U-Net (or its file) whose prediction replaces the raw-derived
+    boundary map; ``predict_options``: ``precision``, ``patch_zyx``, ``overlap_zyx`` of the prediction.
+    """
+    return BaselineSegmenter(params, boundary_model, **predict_options)
 
 
 class FFNSegmenter:
