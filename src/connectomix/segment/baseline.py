@@ -193,6 +193,8 @@ def segment_baseline(
 
     interior = bmap < np.float32(params.threshold)
     dist = edt.edt(interior, anisotropy=res, black_border=False, parallel=0).astype(np.float32, copy=False)
+    if interior.all():  # no boundary voxel at all: edt returns inf; use the volume's extent instead
+        dist = np.full(raw.shape, np.float32(sum(s * r for s, r in zip(raw.shape, res, strict=True))))
     sigma = _sigma_voxels(params.distance_smooth_nm, res)
     if any(s > 0 for s in sigma):
         ndimage.gaussian_filter(dist, sigma, output=dist, truncate=3.0)

@@ -79,8 +79,8 @@ CONFIG_KEY = "connectomix_boundary_unet_config"
 #: Memory format of the network's tensors on CPU (channels-last is 1.5–3× faster for 3-D convolutions).
 MEMORY_FORMAT = torch.channels_last_3d
 #: Default tile size and minimum tile overlap of :func:`predict_boundary` (voxels, (z, y, x)).
-DEFAULT_PATCH_ZYX: IntTriple = (64, 64, 64)
-DEFAULT_OVERLAP_ZYX: IntTriple = (16, 16, 16)
+DEFAULT_PATCH_ZYX: IntTriple = (96, 96, 96)
+DEFAULT_OVERLAP_ZYX: IntTriple = (32, 32, 32)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -321,18 +321,21 @@ def _triple(values: Sequence[int] | int, name: str) -> IntTriple:
     return triple  # type: ignore[return-value]
 
 
-def balanced_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def balanced_bce(logits: torch.Tensor, targets: torch.Tensor, balance: float = 1.0) -> torch.Tensor:
     """Binary cross-entropy where boundary (target 1) and interior voxels each carry half the loss.
 
-    If a batch has only one class, that class carries all of it. ``logits`` and ``targets`` are float32.
+    ``balance`` blends it with the plain voxel mean: ``balance · balanced + (1 - balance) · mean`` (0 gives
+    calibrated probabilities, 1 full class balance). If a batch has only one class, the plain mean is used.
+    ``logits`` and ``targets`` are float32 tensors of one shape.
     """
     per_voxel = functional.binary_cross_entropy_with_logits(logits, targets, reduction="none")
     positive = targets > 0.5
     n_pos = int(positive.sum())
     n_neg = targets.numel() - n_pos
-    if n_pos == 0 or n_neg == 0:
+    if n_pos == 0 or n_neg == 0 or balance == 0:
         return per_voxel.mean()
-    return 0.5 * per_voxel[positive].mean() + 0.5 * per_voxel[~positive].mean()
+    balanced = 0.5 * per_voxel[positive].mean() + 0.5 * per_voxel[~positive].mean()
+    return balance * balanced + (1.0 - balance) * per_voxel.mean()
 
 
 def train_boundary_unet(
@@ -341,14 +344,15 @@ def train_boundary_unet(
     config: BoundaryUNetConfig | None = None,
     model: BoundaryUNet | None = None,
     steps: int = 1000,
-    batch_size: int = 4,
+    batch_size: int = 2,
     patch_zyx: Sequence[int] | int = (48, 48, 48),
-    lr: float = 1e-3,
+    lr: float = 2e-3,
     seed: int = 0,
     precision: Precision = "bf16",
     intensity_jitter: float = 0.1,
     dilate: int = 0,
     volume_weights: Sequence[float] | None = None,
+    balance: float = 1.0,
     progress: bool = False,
 ) -> tuple[BoundaryUNet, np.ndarray]:
     """Train a :class:`BoundaryUNet` on ``(raw, labels)`` pairs of ``(z, y, x)`` arrays; see the module doc.
@@ -369,6 +373,8 @@ def train_boundary_unet(
     intensity_jitter, dilate, volume_weights
         Augmentation strength, target dilation (voxels, see :func:`boundary_targets`), relative sampling
         weights of the volumes (default: their voxel counts).
+    balance
+        Class balancing of the loss, 0 … 1 (see :func:`balanced_bce`).
     progress
         Show a progress bar on a terminal.
 
@@ -376,6 +382,7 @@ def train_boundary_unet(
     -------
     The trained model (eval mode) and the loss of every step (float32, ``(steps,)``).
     """
+    _autocast(precision)  # validates it before any work
     if model is not None and config is not None and model.config != config:
         raise InputError("give either a model to continue training or a config for a new one, not both")
     if model is None:
@@ -388,6 +395,8 @@ def train_boundary_unet(
         raise InputError(
             f"patch_zyx {patch} must be a multiple of {config.multiple_zyx} (pool ** levels) per axis"
         )
+    if not 0.0 <= balance <= 1.0:
+        raise InputError(f"balance must be in [0, 1], got {balance!r}")
     if int(steps) < 0 or int(batch_size) < 1 or not lr > 0:
         raise InputError(f"need steps ≥ 0, batch_size ≥ 1 and lr > 0, got {steps}, {batch_size}, {lr}")
     if not volumes:
@@ -427,7 +436,7 @@ def train_boundary_unet(
         target = torch.from_numpy(batch_y)
         with _autocast(precision):
             logits = model(inputs)
-        loss = balanced_bce(logits.float(), target.contiguous(memory_format=MEMORY_FORMAT))
+        loss = balanced_bce(logits.float(), target.contiguous(memory_format=MEMORY_FORMAT), balance)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -456,24 +465,42 @@ def _sample_patch(
 # prediction
 # ---------------------------------------------------------------------------------------------------------
 def _axis_tiles(size: int, patch: int, overlap: int, multiple: int) -> tuple[int, int, int]:
-    """``(patch, step, n_tiles)`` on one axis: tiles ``[i * step, i * step + patch)`` cover ``size``."""
-    patch = min(patch, -(-size // multiple) * multiple)  # no larger than the (rounded-up) axis
-    patch = max(multiple, patch - patch % multiple)
-    step = max(multiple, (patch - overlap) // multiple * multiple)
-    n = 1 if size <= patch else 1 + -(-(size - patch) // step)
-    return patch, step, n
+    """``(patch, step, n)`` on one axis: ``n`` tiles ``[i * step, i * step + patch)`` that cover ``size``.
+
+    The fewest tiles of at most about ``patch`` voxels that overlap by at least ``overlap``, each shrunk to
+    the smallest multiple of ``multiple`` that still covers the axis, and a step that is a multiple of it.
+    """
+
+    def up(value: int) -> int:
+        return -(-value // multiple) * multiple
+
+    if size <= patch:
+        return up(size), up(size), 1
+    n = -(-(size - overlap) // (patch - overlap))
+    tile = up(-(-(size + (n - 1) * overlap) // n))
+    while True:
+        step = max(multiple, (tile - overlap) // multiple * multiple)
+        if tile + (n - 1) * step >= size:
+            return tile, step, n
+        tile += multiple
 
 
-def _ramp(patch: int, overlap: int, first: bool, last: bool) -> np.ndarray:
-    """1-D blending weights of one tile: linear rise over ``overlap`` voxels at inner faces, else 1."""
-    i = np.arange(patch, dtype=np.float32)
+def _window(patch: int, overlap: int, first: bool, last: bool) -> np.ndarray:
+    """1-D blending weights of one tile on one axis (``overlap``: the tiles' actual overlap).
+
+    At an inner face the weight is ~0 (1e-4) for the outer ``(overlap - r) // 2`` voxels, then rises linearly
+    over ``r = overlap // 4`` voxels to 1: neighbouring tiles cross-fade in the middle of their overlap,
+    away from the faces where zero padding changes a tile's output. Faces on the volume border keep weight 1.
+    """
+    ramp = max(1, overlap // 4)
+    skip = (overlap - ramp) // 2
+    d = np.arange(patch, dtype=np.float32)
     w = np.ones(patch, np.float32)
-    if overlap > 0:
-        if not first:
-            w = np.minimum(w, (i + 1) / (overlap + 1))
-        if not last:
-            w = np.minimum(w, (patch - i) / (overlap + 1))
-    return w
+    if not first:
+        w = np.minimum(w, (d + 1 - skip) / (ramp + 1))
+    if not last:
+        w = np.minimum(w, (patch - d - skip) / (ramp + 1))
+    return np.maximum(w, np.float32(1e-4))
 
 
 def predict_boundary(
@@ -488,8 +515,9 @@ def predict_boundary(
 ) -> np.ndarray:
     """Boundary probability of a ``(z, y, x)`` EM image: float32 in [0, 1], the image's shape.
 
-    Tiles of ``patch_zyx`` voxels overlapping by at least ``overlap_zyx`` run ``batch_size`` at a time and are
-    cross-faded (see the module docstring); ``precision`` ``"bf16"`` (autocast, CPU) or ``"fp32"``.
+    Tiles of about ``patch_zyx`` voxels overlapping by at least ``overlap_zyx`` (both (z, y, x); overlap
+    ≥ 32 keeps tiles' border effects out of the result, see the module docstring) run ``batch_size`` at a
+    time and are cross-faded; ``precision`` ``"bf16"`` (autocast, CPU) or ``"fp32"``.
     """
     raw = _check_image(raw)
     config = model.config
@@ -499,8 +527,11 @@ def predict_boundary(
     overlap = tuple(int(o) for o in overlap_zyx)
     if len(overlap) != 3 or any(o < 0 for o in overlap):
         raise InputError(f"overlap_zyx must be 3 non-negative sizes (z, y, x), got {tuple(overlap_zyx)}")
-    if any(o >= p for o, p in zip(overlap, patch_req, strict=True)):
-        raise InputError(f"overlap_zyx {overlap} must be smaller than patch_zyx {patch_req} on every axis")
+    if any(o >= p and s > p for o, p, s in zip(overlap, patch_req, raw.shape, strict=True)):
+        raise InputError(
+            f"overlap_zyx {overlap} must be smaller than patch_zyx {patch_req} on every axis where the image "
+            f"{raw.shape} is larger than the patch"
+        )
     if int(batch_size) < 1:
         raise InputError(f"batch_size must be at least 1, got {batch_size}")
     _autocast(precision)  # validates precision before any work
@@ -516,10 +547,7 @@ def predict_boundary(
         image = np.pad(image, pad, mode="symmetric")
     out = np.zeros(padded, np.float32)
     total = np.zeros(padded, np.float32)
-    ramps = [
-        [_ramp(p, o, i == 0, i == n - 1) for i in range(n)]
-        for (p, _, n), o in zip(axes, overlap, strict=True)
-    ]
+    ramps = [[_window(p, p - step, i == 0, i == n - 1) for i in range(n)] for p, step, n in axes]
     corners = [
         (iz, iy, ix) for iz in range(axes[0][2]) for iy in range(axes[1][2]) for ix in range(axes[2][2])
     ]
