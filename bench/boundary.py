@@ -99,7 +99,7 @@ def score(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=300, help="training steps (default: about 6 minutes)")
+    parser.add_argument("--steps", type=int, default=1500, help="training steps (default: about 6 minutes)")
     parser.add_argument("--batch-size", type=int, default=2)
     parser.add_argument("--patch", default="48,48,48", help="training patch Z,Y,X (voxels)")
     parser.add_argument("--lr", type=float, default=2e-3)

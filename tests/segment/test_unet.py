@@ -26,10 +26,11 @@ from connectomix.volume.synthetic import make_synthetic
 TINY = BoundaryUNetConfig(features=4, levels=2)
 
 
-@pytest.fixture(autouse=True)
-def two_threads():
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny convolutions: one thread is several times faster than two here (no oversubscription)
     previous = torch.get_num_threads()
-    torch.set_num_threads(min(2, previous))
+    torch.set_num_threads(1)
     yield
     torch.set_num_threads(previous)
 
@@ -40,7 +41,7 @@ def synthetic():
 
 
 @pytest.fixture(scope="module")
-def trained(synthetic):
+def trained(synthetic, one_thread):
     """A small U-Net trained for 60 steps on the synthetic volume, and its losses."""
     return train_boundary_unet(
         [(synthetic.raw, synthetic.gt)],
