@@ -193,7 +193,13 @@ def run_command(
     import torch
 
     from connectomix.errors import InputError
-    from connectomix.segment.blockwise import baseline_segmenter, ffn_segmenter, segment_volume
+    from connectomix.segment.blockwise import (
+        BaselineSegmenter,
+        FFNSegmenter,
+        baseline_segmenter,
+        ffn_segmenter,
+        segment_volume,
+    )
     from connectomix.segment.inference import InferenceOptions
     from connectomix.segment.models import load_model
     from connectomix.volume import open_volume
@@ -202,6 +208,7 @@ def run_command(
     region = parse_box_xyz(box) if box else None
     if boundary_model is not None and model != "baseline":
         raise InputError("--boundary-model needs --model baseline (an FFN predicts no boundary map)")
+    segmenter: BaselineSegmenter | FFNSegmenter
     if model == "baseline":
         segmenter = baseline_segmenter(boundary_model=boundary_model, precision=precision)
         default_overlap = (16, 16, 16)

@@ -433,7 +433,7 @@ def train_boundary_unet(
 
     rng = np.random.default_rng(seed)
     model.train()
-    model.to(memory_format=MEMORY_FORMAT)
+    model.to(memory_format=MEMORY_FORMAT)  # type: ignore[call-overload]  # untyped overload
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = np.zeros(int(steps), np.float32)
     for step in track(range(int(steps)), "train boundary U-Net", int(steps), progress):
@@ -466,7 +466,7 @@ def _sample_patch(
     x, y = image[region], target[region]
     flips = [axis for axis in range(3) if rng.random() < 0.5]
     if flips:
-        x, y = np.flip(x, flips), np.flip(y, flips)
+        x, y = np.flip(x, tuple(flips)), np.flip(y, tuple(flips))
     if patch[1] == patch[2] and rng.random() < 0.5:
         x, y = x.transpose(0, 2, 1), y.transpose(0, 2, 1)
     gain = 1.0 + jitter * (2.0 * rng.random() - 1.0)
@@ -566,7 +566,7 @@ def predict_boundary(
     ]
     batches = [corners[k : k + batch_size] for k in range(0, len(corners), batch_size)]
     model.eval()
-    model.to(memory_format=MEMORY_FORMAT)
+    model.to(memory_format=MEMORY_FORMAT)  # type: ignore[call-overload]  # untyped overload
     with torch.inference_mode():
         for batch in track(batches, "predict boundary", len(batches), progress):
             regions = [
