@@ -83,6 +83,7 @@ from torch.nn import functional
 from connectomix.errors import InputError, NotFoundError
 from connectomix.progress import track
 from connectomix.segment.models import load_state
+from connectomix.volume.labels import label_interfaces
 
 Normalization = Literal["standardize", "fixed"]
 Precision = Literal["fp32", "bf16"]
@@ -300,17 +301,7 @@ def boundary_targets(labels: np.ndarray, *, dilate: int = 0) -> np.ndarray:
         raise InputError(f"labels must be an integer array (segment ids), got dtype {labels.dtype}")
     if dilate < 0:
         raise InputError(f"dilate must be ≥ 0 voxels, got {dilate}")
-    mask = labels == 0
-    for axis in range(3):
-        if labels.shape[axis] < 2:
-            continue
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(None, -1)
-        hi[axis] = slice(1, None)
-        differ = labels[tuple(lo)] != labels[tuple(hi)]
-        mask[tuple(lo)] |= differ
-        mask[tuple(hi)] |= differ
+    mask = (labels == 0) | label_interfaces(labels)
     if dilate and mask.any():
         mask = ndimage.binary_dilation(mask, ndimage.generate_binary_structure(3, 1), iterations=dilate)
     return mask

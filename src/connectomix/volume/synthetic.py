@@ -62,6 +62,7 @@ from scipy import ndimage
 from connectomix.errors import InputError, UnsupportedError
 from connectomix.volume.base import ArrayVolume, Volume, VolumeKind
 from connectomix.volume.box import check_resolution
+from connectomix.volume.labels import label_interfaces
 
 FloatTriple = tuple[float, float, float]
 IntTriple = tuple[int, int, int]
@@ -666,20 +667,6 @@ def _exact_labels(labels: np.ndarray, min_fragment: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------------------------
 # rendering
 # ---------------------------------------------------------------------------------------------------------
-def _interfaces(labels: np.ndarray) -> np.ndarray:
-    """Voxels with a 6-neighbour of another label (both sides of every interface)."""
-    mask = np.zeros(labels.shape, bool)
-    for axis in range(3):
-        if labels.shape[axis] < 2:
-            continue
-        lo = [slice(None)] * 3
-        hi = [slice(None)] * 3
-        lo[axis] = slice(None, -1)
-        hi[axis] = slice(1, None)
-        diff = labels[tuple(lo)] != labels[tuple(hi)]
-        mask[tuple(lo)] |= diff
-        mask[tuple(hi)] |= diff
-    return mask
 
 
 def _membrane_profile(gt: np.ndarray, res: FloatTriple, width_nm: float) -> np.ndarray:
@@ -701,7 +688,7 @@ def _membrane_profile(gt: np.ndarray, res: FloatTriple, width_nm: float) -> np.n
         if factor[axis] > 1:
             fine = np.repeat(fine, factor[axis], axis=axis)
     fine_res = tuple(float(r) for r in res_a / factor)
-    interface = _interfaces(fine)
+    interface = label_interfaces(fine)
     if not interface.any():
         return np.zeros(gt.shape, np.float32)
     dist = edt.edt(~interface, anisotropy=fine_res, black_border=False, parallel=0)
