@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import datetime as dt
 import json
-import platform
 import sys
 import time
 from pathlib import Path
@@ -36,6 +35,8 @@ from typing import Any
 
 import numpy as np
 import torch
+
+from machine import machine
 
 REPO = Path(__file__).resolve().parents[1]
 BORDER = 16
@@ -45,24 +46,6 @@ RES = (10.0, 10.0, 10.0)
 VAL_REGION = (slice(75, 175), slice(175, 250), slice(None))
 VALIDATION = "ts2 held-out"
 TEST_SETS = ("fib25-crop100", "gala-test")
-
-
-def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 def interior(array: np.ndarray) -> np.ndarray:

@@ -25,7 +25,6 @@ import argparse
 import datetime as dt
 import itertools
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -35,28 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from machine import machine
+
 REPO = Path(__file__).resolve().parents[1]
 CROP = (slice(75, 175),) * 3
 BORDER = 16
 GOOGLE_TF = {"seconds": 251.5, "steps": 726, "voxels": 100**3, "source": "issue #3, measured on this CPU"}
-
-
-def machine() -> dict[str, Any]:
-    cpu = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in Path("/proc/cpuinfo").read_text().splitlines()
-            if "model name" in line
-        ),
-        platform.processor(),
-    )
-    return {
-        "platform": platform.platform(),
-        "cpu": cpu,
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
 
 
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
