@@ -77,7 +77,7 @@ def test_train_rejects_unknown_precision(capsys):
         capsys, "segment", "train", "synthetic://raw?size=32", "synthetic://gt?size=32",
         "--out", "x.safetensors", "--precision", "fp8",
     )  # fmt: skip
-    assert code == 1 and "fp32 or bf16" in err
+    assert code == 1 and "fp32, bf16 or auto" in err
 
 
 @pytest.fixture
@@ -114,6 +114,22 @@ def test_segment_run_ffn_blockwise_writes_segmentation_and_report(tmp_path, caps
     assert code == 1 and err.startswith("error: ") and len(err.strip().splitlines()) == 1
 
 
+def test_segment_run_consensus_reports_both_runs(tmp_path, capsys, tiny_model):
+    common = ["segment", "run", "synthetic://raw?shape=24,40,40&seed=3", "--model", str(tiny_model),
+              "--block", "24,40,40", "--precision", "fp32", "--min-size", "10"]  # fmt: skip
+    reports = {}
+    for name, extra in (("plain", []), ("consensus", ["--consensus"])):
+        path = tmp_path / f"{name}.json"
+        code, _, err = run(
+            capsys, *common, "--out", f"zarr://{tmp_path / name}.zarr", "--json", str(path), *extra
+        )
+        assert code == 0, err
+        reports[name] = json.loads(path.read_text())
+    assert reports["consensus"]["consensus"] is True and reports["plain"]["consensus"] is False
+    # The forward run is repeated in reverse seed order: strictly more network steps.
+    assert reports["consensus"]["steps"] > reports["plain"]["steps"] > 0
+
+
 def test_segment_run_baseline_on_real_crop(testdata, tmp_path, capsys):
     from connectomix.evaluate import evaluate
     from connectomix.volume import open_volume
@@ -129,11 +145,12 @@ def test_segment_run_baseline_on_real_crop(testdata, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("extra", "fragment"),
     [
-        (["--precision", "fp16"], "fp32 or bf16"),
+        (["--precision", "fp16"], "fp32, bf16 or auto"),
         (["--box", "0,0,0:100,10,10"], "outside"),
         (["--box", "0,0,0"], "X0,Y0,Z0:X1,Y1,Z1"),
         (["--block", "8,8"], "--block"),
         (["--device", "tpu"], "device"),
+        (["--seed-policy", "reverse-peaks"], "unknown seed policy"),
     ],
 )
 def test_segment_run_bad_input_is_one_line(tmp_path, capsys, tiny_model, extra, fragment):
@@ -143,6 +160,14 @@ def test_segment_run_bad_input_is_one_line(tmp_path, capsys, tiny_model, extra, 
     )  # fmt: skip
     assert code != 0 and err.startswith("error: ") and fragment in err and "Traceback" not in err
     assert not (tmp_path / "o.zarr").exists()
+
+
+def test_segment_run_baseline_rejects_ffn_only_flags(tmp_path, capsys):
+    code, _, err = run(
+        capsys, "segment", "run", "synthetic://raw?shape=24,40,40", "--model", "baseline",
+        "--out", f"zarr://{tmp_path / 'o.zarr'}", "--consensus",
+    )  # fmt: skip
+    assert code == 1 and "FFN models" in err and not (tmp_path / "o.zarr").exists()
 
 
 def test_segment_run_rejects_a_model_whose_fov_exceeds_the_volume(tmp_path, capsys):

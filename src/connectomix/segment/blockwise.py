@@ -147,7 +147,7 @@ class BaselineSegmenter:
         params: Any = None,
         boundary_model: Any = None,
         *,
-        precision: str = "bf16",
+        precision: str = "auto",
         patch_zyx: Sequence[int] | int | None = None,
         overlap_zyx: Sequence[int] | int | None = None,
     ) -> None:
@@ -159,6 +159,7 @@ class BaselineSegmenter:
         self.predict_options: dict[str, Any] = {}
         if boundary_model is not None:
             from connectomix.segment import unet
+            from connectomix.segment.precision import check_precision
 
             if isinstance(boundary_model, str | Path):
                 boundary_model = unet.load_boundary_model(boundary_model)
@@ -167,8 +168,7 @@ class BaselineSegmenter:
                     "boundary_model must be a BoundaryUNet or a model file path, "
                     f"got {type(boundary_model).__name__}"
                 )
-            if precision not in ("fp32", "bf16"):
-                raise InputError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
+            check_precision(precision)
             self.boundary_model = boundary_model
             self.predict_options = {
                 "precision": precision,

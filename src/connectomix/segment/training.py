@@ -49,6 +49,7 @@ from torch.nn import functional
 from connectomix.errors import CorruptDataError, InputError, NotFoundError
 from connectomix.progress import track
 from connectomix.segment.models import ConvStack3D, FFNConfig, FFNModel, load_state, save_model
+from connectomix.segment.precision import Precision, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -531,7 +532,7 @@ def train(
     checkpoint_every: int = 1000,
     keep_checkpoints: int = 2,
     resume: bool | Path | str = True,
-    precision: Literal["fp32", "bf16"] = "fp32",
+    precision: Precision = "fp32",
     train_last: int | None = None,
     n_centres: int = 4096,
     max_fovs_per_example: int | None = None,
@@ -590,9 +591,8 @@ def train(
     for name, value in (("steps", steps), ("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
         if value < 1 and not (name == "steps" and value == 0):
             raise InputError(f"{name} must be ≥ 1, got {value}")
-    if precision not in ("fp32", "bf16"):
-        raise InputError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
     device = torch.device(device)
+    precision = resolve_precision(precision, device)
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
 
     groups = module_groups(model)

@@ -60,7 +60,8 @@ a cross-fade in the middle of each overlap, with no seams. Measured on the FIB-2
 (96³ tiles, overlap 32): tiled vs one pass differ by at most 0.02 (1e-4 for two of three trained models)
 16 voxels or more from the volume's faces (at the far faces tiles see mirrored context where a single pass
 sees zeros); overlap 16 gives differences up to 0.07. On CPU the network runs in bf16 autocast with
-``channels_last_3d`` tensors (``precision="bf16"``, about twice as fast as fp32 and within 0.01 of it; see
+``channels_last_3d`` tensors where the CPU has native bf16 (``precision="auto"``, the default; on an
+AMX/AVX-512 Xeon about twice as fast as fp32 and within 0.01 of it; see
 ``bench/boundary.py``), or in fp32.
 """
 
@@ -83,10 +84,10 @@ from torch.nn import functional
 from connectomix.errors import InputError, NotFoundError
 from connectomix.progress import track
 from connectomix.segment.models import load_state
+from connectomix.segment.precision import Precision, resolve_precision
 from connectomix.volume.labels import label_interfaces
 
 Normalization = Literal["standardize", "fixed"]
-Precision = Literal["fp32", "bf16"]
 IntTriple = tuple[int, int, int]
 #: safetensors metadata key holding the :class:`BoundaryUNetConfig` as JSON.
 CONFIG_KEY = "connectomix_boundary_unet_config"
@@ -311,9 +312,7 @@ def boundary_targets(labels: np.ndarray, *, dilate: int = 0) -> np.ndarray:
 # training
 # ---------------------------------------------------------------------------------------------------------
 def _autocast(precision: Precision) -> torch.autocast:
-    if precision not in ("fp32", "bf16"):
-        raise InputError(f"precision must be 'fp32' or 'bf16', got {precision!r}")
-    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
+    return torch.autocast("cpu", dtype=torch.bfloat16, enabled=resolve_precision(precision) == "bf16")
 
 
 def _triple(values: Sequence[int] | int, name: str) -> IntTriple:
@@ -352,7 +351,7 @@ def train_boundary_unet(
     patch_zyx: Sequence[int] | int = (48, 48, 48),
     lr: float = 2e-3,
     seed: int = 0,
-    precision: Precision = "bf16",
+    precision: Precision = "auto",
     intensity_jitter: float = 0.1,
     dilate: int = 0,
     volume_weights: Sequence[float] | None = None,
@@ -373,7 +372,8 @@ def train_boundary_unet(
     seed
         Seed of the initial weights, the patch sampling and the augmentation.
     precision
-        ``"bf16"`` (autocast on CPU) or ``"fp32"``.
+        ``"bf16"`` (autocast on CPU), ``"fp32"``, or ``"auto"`` (bf16 where native; see
+        :mod:`connectomix.segment.precision`).
     intensity_jitter, dilate, volume_weights
         Augmentation strength, target dilation (voxels, see :func:`boundary_targets`), relative sampling
         weights of the volumes (default: their voxel counts).
@@ -514,14 +514,14 @@ def predict_boundary(
     patch_zyx: Sequence[int] | int = DEFAULT_PATCH_ZYX,
     overlap_zyx: Sequence[int] | int = DEFAULT_OVERLAP_ZYX,
     batch_size: int = 2,
-    precision: Precision = "bf16",
+    precision: Precision = "auto",
     progress: bool = False,
 ) -> np.ndarray:
     """Boundary probability of a ``(z, y, x)`` EM image: float32 in [0, 1], the image's shape.
 
     Tiles of about ``patch_zyx`` voxels overlapping by at least ``overlap_zyx`` (both (z, y, x); overlap
     ≥ 32 keeps tiles' border effects out of the result, see the module docstring) run ``batch_size`` at a
-    time and are cross-faded; ``precision`` ``"bf16"`` (autocast, CPU) or ``"fp32"``.
+    time and are cross-faded; ``precision`` ``"bf16"`` (autocast, CPU), ``"fp32"`` or ``"auto"``.
     """
     raw = _check_image(raw)
     config = model.config
