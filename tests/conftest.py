@@ -41,3 +41,39 @@ def fresh_cache():
     set_shared_cache(cache)
     yield cache
     set_shared_cache(None)
+
+
+POSTGRES_URL = os.environ.get("CX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+@pytest.fixture
+def postgres_url():
+    """A PostgreSQL URL with an empty schema of its own (dropped afterwards); skips where no server answers.
+
+    Each test gets a fresh PostgreSQL schema (via ``options=-csearch_path=…``) so tests never see each
+    other's tables and the shared ``test`` database is left as it was.
+    """
+    import uuid
+
+    import sqlalchemy as sa
+
+    try:
+        admin = sa.create_engine(POSTGRES_URL, connect_args={"connect_timeout": 2})
+        with admin.begin() as connection:
+            schema = f"cx_test_{uuid.uuid4().hex[:12]}"
+            connection.execute(sa.text(f"CREATE SCHEMA {schema}"))
+    except Exception as exc:  # any driver or connection failure means: no usable server here
+        pytest.skip(f"PostgreSQL not reachable at {POSTGRES_URL}: {type(exc).__name__}")
+    sep = "&" if "?" in POSTGRES_URL else "?"
+    yield f"{POSTGRES_URL}{sep}options=-csearch_path%3D{schema}"
+    with admin.begin() as connection:
+        connection.execute(sa.text(f"DROP SCHEMA {schema} CASCADE"))
+    admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path):
+    """Each database test runs on a SQLite file and on PostgreSQL (skipped where no server answers)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'cx.db'}"
+    return request.getfixturevalue("postgres_url")

@@ -29,3 +29,16 @@ class CorruptDataError(CxError, OSError):
 
 class UnsupportedError(CxError, NotImplementedError):
     """An operation or URL scheme that a backend does not support (e.g. writing to an HDF5 URL)."""
+
+
+class ConflictError(CxError):
+    """The request conflicts with the current state (a task claimed by someone else, a lease that expired,
+    nothing to undo). The web API answers 409."""
+
+
+class AuthenticationError(CxError):
+    """No credentials or unknown credentials (the web API answers 401)."""
+
+
+class ForbiddenError(CxError):
+    """Known credentials without the role an action needs (the web API answers 403)."""

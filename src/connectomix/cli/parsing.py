@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
+
+import typer
 
 from connectomix.errors import InputError
 from connectomix.volume.box import Box
@@ -42,3 +45,26 @@ def write_json(path: Path, payload: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(payload, indent=2) + "\n")
     tmp.replace(path)
+
+
+WorkspaceOption = Annotated[
+    Path | None, typer.Option("--workspace", help="Workspace directory [CX_WORKSPACE or cx-workspace].")
+]
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", help="Database URL or SQLite file [CX_DATABASE_URL or WORKSPACE/connectomix.db]."),
+]
+
+
+def resolve_workspace_and_db(workspace: Path | None, db: str | None) -> tuple[Path, str]:
+    """The workspace directory and database URL in force: options, then settings, then defaults."""
+    from connectomix.config import get_settings
+    from connectomix.proofread.db import database_url
+
+    settings = get_settings()
+    directory = workspace if workspace is not None else settings.workspace
+    if db is not None:
+        return directory, database_url(db)
+    if settings.database_url:
+        return directory, settings.database_url
+    return directory, database_url(directory / "connectomix.db")
