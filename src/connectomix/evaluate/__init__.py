@@ -28,6 +28,12 @@ from connectomix.evaluate.metrics import (
     split_bodies,
     variation_of_information,
 )
+from connectomix.evaluate.perturb import (
+    InjectedError,
+    PerturbedSegmentation,
+    error_interfaces,
+    perturb_segmentation,
+)
 
 __all__ = [
     "DEFAULT_BLOCK_SHAPE",
@@ -38,15 +44,19 @@ __all__ = [
     "EDGE_CLASSES",
     "Contingency",
     "ERLResult",
+    "InjectedError",
+    "PerturbedSegmentation",
     "Scores",
     "Skeletons",
     "adapted_rand",
     "classify_edges",
     "contingency",
     "erl_from_skeletons",
+    "error_interfaces",
     "evaluate",
     "expected_run_length",
     "merging_segments",
+    "perturb_segmentation",
     "scores_from_table",
     "skeletonize",
     "split_bodies",
