@@ -16,9 +16,12 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from connectomix.cli.flag import flag_command
 from connectomix.cli.model import model_app
 from connectomix.cli.parsing import parse_triple, write_json
+from connectomix.cli.proofread import proofread_app
 from connectomix.cli.segment import segment_app
+from connectomix.cli.serve import serve_command, users_app
 from connectomix.errors import CxError
 
 app = typer.Typer(
@@ -32,6 +35,10 @@ data_app = typer.Typer(help="Volumes: list the named datasets, inspect any volum
 app.add_typer(data_app, name="data", no_args_is_help=True)
 app.add_typer(model_app, name="model", no_args_is_help=True)
 app.add_typer(segment_app, name="segment", no_args_is_help=True)
+app.command("flag")(flag_command)
+app.add_typer(proofread_app, name="proofread", no_args_is_help=True)
+app.command("serve")(serve_command)
+app.add_typer(users_app, name="users", no_args_is_help=True)
 
 console = Console()
 
