@@ -435,7 +435,7 @@ def backpressure_fraction(
 
     Choosing ``limit``: when flagging offers ``r`` times what the team can do, the queue settles near
     ``r * limit`` tasks, and a task waits about depth / (tasks the team does per hour). So ``limit`` is best
-    sized to the team (a fraction of an hour of its work), not fixed; ``bench/queue.py`` simulates a day.
+    sized to the team (a fraction of an hour of its work), not fixed; ``bench/task_queue.py`` simulates a day.
 
     >>> backpressure_fraction(500), backpressure_fraction(2000), backpressure_fraction(10**7)
     (0.01, 0.005, 0.0001)

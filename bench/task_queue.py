@@ -23,37 +23,31 @@ Parts:
    the depth at the end and at its highest, the proofreaders' busy share, and the share of the offered
    uncertainty (sum of scores) that was proofread.
 
-Run from the repository root: ``python bench/queue.py`` (``--quick`` for a short smoke run). Results go to
-``bench/results/queue.json``.
+Run from the repository root: ``python bench/task_queue.py`` (``--quick`` for a short smoke run). Results go
+to ``bench/results/queue.json``.
 """
 
 from __future__ import annotations
 
+import argparse
+import datetime as dt
+import heapq
+import json
+import math
+import multiprocessing
+import os
 import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-# This file shares its name with the standard library's ``queue`` (which multiprocessing and SQLAlchemy's
-# connection pool import): keep bench/ behind the standard library on the import path.
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE] + [str(_HERE)]
+import numpy as np
 
-import argparse  # noqa: E402
-import datetime as dt  # noqa: E402
-import heapq  # noqa: E402
-import json  # noqa: E402
-import math  # noqa: E402
-import multiprocessing  # noqa: E402
-import os  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-
-REPO = _HERE.parent
+REPO = Path(__file__).resolve().parents[1]
 POSTGRES_URL = os.environ.get("CX_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 TARGET_P95_WAIT_H = 2.0
 
