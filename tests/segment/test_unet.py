@@ -120,16 +120,18 @@ def test_prediction_finds_the_true_boundaries(trained, synthetic):
 
 
 def test_training_is_deterministic(synthetic):
+    # Patches of 16³ keep the coarsest level at 4³: with native bf16 (AVX512-BF16), oneDNN's weight
+    # gradients of a 3³ convolution over an axis only 2 voxels long are not bit-reproducible run to run.
     runs = [
         train_boundary_unet(
-            [(synthetic.raw, synthetic.gt)], config=TINY, steps=3, batch_size=1, patch_zyx=(8, 16, 16), seed=5
+            [(synthetic.raw, synthetic.gt)], config=TINY, steps=3, batch_size=1, patch_zyx=(16, 16, 16), seed=5
         )
         for _ in range(2)
     ]
     assert np.array_equal(runs[0][1], runs[1][1])
     assert model_fingerprint(runs[0][0]) == model_fingerprint(runs[1][0])
     other = train_boundary_unet(
-        [(synthetic.raw, synthetic.gt)], config=TINY, steps=3, batch_size=1, patch_zyx=(8, 16, 16), seed=6
+        [(synthetic.raw, synthetic.gt)], config=TINY, steps=3, batch_size=1, patch_zyx=(16, 16, 16), seed=6
     )
     assert model_fingerprint(other[0]) != model_fingerprint(runs[0][0])
 
