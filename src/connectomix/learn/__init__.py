@@ -1,0 +1,45 @@
+"""Learning from proofreading: LoRA adapters for the FFN convolutions and the weights registry."""
+
+from connectomix.learn.lora import (
+    Adapter,
+    LoRAConfig,
+    LoRAConv3d,
+    adapter_state,
+    add_lora,
+    apply_adapter,
+    extract_adapter,
+    fuse_adapters,
+    load_adapter,
+    load_adapter_state,
+    lora_parameters,
+    merge_and_remove_lora,
+    merge_lora,
+    remove_lora,
+    save_adapter,
+    unmerge_lora,
+)
+from connectomix.learn.registry import Entry, GateResult, GateScores, ServedChange, WeightsRegistry
+
+__all__ = [
+    "Adapter",
+    "Entry",
+    "GateResult",
+    "GateScores",
+    "LoRAConfig",
+    "LoRAConv3d",
+    "ServedChange",
+    "WeightsRegistry",
+    "adapter_state",
+    "add_lora",
+    "apply_adapter",
+    "extract_adapter",
+    "fuse_adapters",
+    "load_adapter",
+    "load_adapter_state",
+    "lora_parameters",
+    "merge_and_remove_lora",
+    "merge_lora",
+    "remove_lora",
+    "save_adapter",
+    "unmerge_lora",
+]
