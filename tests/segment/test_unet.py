@@ -124,7 +124,12 @@ def test_training_is_deterministic(synthetic):
     # gradients of a 3³ convolution over an axis only 2 voxels long are not bit-reproducible run to run.
     runs = [
         train_boundary_unet(
-            [(synthetic.raw, synthetic.gt)], config=TINY, steps=3, batch_size=1, patch_zyx=(16, 16, 16), seed=5
+            [(synthetic.raw, synthetic.gt)],
+            config=TINY,
+            steps=3,
+            batch_size=1,
+            patch_zyx=(16, 16, 16),
+            seed=5,
         )
         for _ in range(2)
     ]
