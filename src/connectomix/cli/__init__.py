@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from connectomix.cli.embed import embed_app
 from connectomix.cli.flag import flag_command
 from connectomix.cli.model import model_app
 from connectomix.cli.parsing import parse_triple, write_json
@@ -39,6 +40,7 @@ app.command("flag")(flag_command)
 app.add_typer(proofread_app, name="proofread", no_args_is_help=True)
 app.command("serve")(serve_command)
 app.add_typer(users_app, name="users", no_args_is_help=True)
+app.add_typer(embed_app, name="embed", no_args_is_help=True)
 
 console = Console()
 
