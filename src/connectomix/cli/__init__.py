@@ -16,6 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from connectomix.cli.analyze import analyze_app
 from connectomix.cli.embed import embed_app
 from connectomix.cli.flag import flag_command
 from connectomix.cli.model import model_app
@@ -41,6 +42,7 @@ app.add_typer(proofread_app, name="proofread", no_args_is_help=True)
 app.command("serve")(serve_command)
 app.add_typer(users_app, name="users", no_args_is_help=True)
 app.add_typer(embed_app, name="embed", no_args_is_help=True)
+app.add_typer(analyze_app, name="analyze", no_args_is_help=True)
 
 console = Console()
 
