@@ -1,0 +1,143 @@
+"""The real-data evaluation: train the lite encoder on gala and half of FIB-25, evaluate on the other half.
+
+Training volumes: the two gala FIB-SEM medulla crops (``gala-train``, ``gala-test``; whole) and FIB-25
+``training_sample2`` for ``z < split_z`` (cutouts are confined to that half). Evaluation: FIB-25 for
+``z ≥ split_z`` (optionally a smaller ``eval_box`` inside it), read into memory so no cutout sees the
+training half. Two encoders are measured on the same skeletons and nodes
+(:func:`~connectomix.embed.evaluate.evaluate_encoders`): the trained one and, as the peer, **the same
+network before training** (its random initialisation, same seed). Merge scores of the trained encoder
+become ``split`` tasks (:func:`~connectomix.embed.evaluate.merge_tasks`) above the threshold that flags
+``flag_fpr`` of the true bodies.
+
+:func:`run_real_evaluation` returns a JSON-able dict; the bench (``bench/embed.py``) runs it at full size and
+``tests/embed/test_evaluate_real.py`` runs a tiny version.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from connectomix.embed.evaluate import Region, evaluate_encoders, merge_tasks
+from connectomix.embed.model import EncoderConfig, preset
+from connectomix.embed.train import DEFAULT_MAX_PAIR_DISTANCE_NM, TrainingVolume, build_encoder, train_encoder
+from connectomix.errors import InputError
+from connectomix.flag.tasks import Task
+from connectomix.volume import Box, open_volume
+
+FIB25 = "fib25-ts2"
+GALA = ("gala-train", "gala-test")
+
+
+@dataclass(frozen=True)
+class RealEvaluation:
+    """Settings of one run (defaults: the full benchmark). Boxes are (z, y, x) voxels of FIB-25."""
+
+    config: EncoderConfig = field(default_factory=lambda: preset("lite"))
+    steps: int = 800
+    batch_pairs: int = 16
+    lr: float = 1e-3
+    max_distance_nm: float = DEFAULT_MAX_PAIR_DISTANCE_NM
+    split_z: int = 125
+    gala: tuple[str, ...] = GALA
+    train_box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # default: z < split_z
+    eval_box: tuple[tuple[int, int, int], tuple[int, int, int]] | None = None  # default: z ≥ split_z
+    spacing_nm: float = 100.0
+    exclude_nm: float = 1000.0
+    n_merges: int = 40
+    min_nodes: int = 6
+    flag_fpr: float = 0.1
+    seed: int = 0
+    precision: str = "auto"
+
+    def boxes(self) -> tuple[Box, Box]:
+        full = open_volume(f"{FIB25}/gt").bounds
+        train = Box(*self.train_box) if self.train_box else Box((0, 0, 0), (self.split_z, *full.stop[1:]))
+        test = Box(*self.eval_box) if self.eval_box else Box((self.split_z, 0, 0), full.stop)
+        if train.stop[0] > self.split_z or test.start[0] < self.split_z:
+            raise InputError(
+                f"training box {train} and evaluation box {test} must lie either side of z = {self.split_z}"
+            )
+        return train, test
+
+
+def run_real_evaluation(
+    settings: RealEvaluation | None = None,
+    *,
+    checkpoint_dir: Path | str | None = None,
+    progress: bool = False,
+) -> tuple[dict[str, Any], list[Task]]:
+    """Train, evaluate the trained encoder and its initialisation, flag merges. Returns (report, tasks)."""
+    s = settings or RealEvaluation()
+    seconds: dict[str, float] = {}
+    started = time.perf_counter()
+    train_box, test_box = s.boxes()
+    raw, gt = open_volume(f"{FIB25}/raw"), open_volume(f"{FIB25}/gt")
+    volumes = [
+        TrainingVolume.prepare(name, open_volume(f"{name}/raw"), open_volume(f"{name}/gt")) for name in s.gala
+    ]
+    volumes.append(TrainingVolume.prepare(f"{FIB25}[z<{s.split_z}]", raw, gt, box=train_box))
+    seconds["prepare"] = time.perf_counter() - started
+
+    initial = build_encoder(s.config, s.seed)
+    result = train_encoder(
+        volumes,
+        model=build_encoder(s.config, s.seed),
+        steps=s.steps,
+        batch_pairs=s.batch_pairs,
+        lr=s.lr,
+        max_distance_nm=s.max_distance_nm,
+        seed=s.seed,
+        checkpoint_dir=checkpoint_dir,
+        progress=progress,
+    )
+    seconds["train"] = result.seconds
+
+    t0 = time.perf_counter()
+    region = Region.cut(raw, gt, test_box)
+    results = evaluate_encoders(
+        {"random-init": initial, "trained": result.model},
+        region,
+        spacing_nm=s.spacing_nm,
+        exclude_nm=s.exclude_nm,
+        n_merges=s.n_merges,
+        min_nodes=s.min_nodes,
+        precision=s.precision,
+        seed=s.seed,
+    )
+    seconds["evaluate"] = time.perf_counter() - t0
+
+    trained = results["trained"]
+    merged_scores, merged_table = trained.pop("_merge")
+    true_scores = trained.pop("_true_scores")
+    threshold = float(np.quantile([t.score for t in true_scores], 1 - s.flag_fpr)) if true_scores else 0.0
+    tasks = merge_tasks(merged_scores, merged_table, region.gt.resolution_xyz, threshold=threshold)
+    for item in results.values():
+        item.pop("_merge", None)
+        item.pop("_true_scores", None)
+        item.pop("_tables", None)
+    seconds["total"] = time.perf_counter() - started
+    report = {
+        "settings": {**asdict(replace(s, config=None)), "config": asdict(s.config)},  # type: ignore[arg-type]
+        "train_boxes": {"fib25_zyx": [list(train_box.start), list(train_box.stop)], "gala": list(s.gala)},
+        "eval_box_zyx": [list(test_box.start), list(test_box.stop)],
+        "training": {
+            "steps": result.step,
+            "loss_first_50": float(np.mean(result.losses[:50])) if len(result.losses) else None,
+            "loss_last_50": float(np.mean(result.losses[-50:])) if len(result.losses) else None,
+            "nodes": {v.name: v.graph.n_nodes for v in volumes},
+        },
+        "results": results,
+        "flags": {
+            "threshold_r2": threshold,
+            "false_positive_rate_target": s.flag_fpr,
+            "merged_flagged": len(tasks),
+            "merged_total": len(merged_scores),
+        },
+        "seconds": seconds,
+    }
+    return report, tasks
