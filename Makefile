@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.cx-installed
 # Debian packages the project needs at run or test time (installed when missing and we are root).
-DEB_PACKAGES := chromium chromium-driver
+DEB_PACKAGES := chromium chromium-driver prometheus
 
 .PHONY: setup debs demo test lint format clean
 

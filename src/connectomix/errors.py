@@ -42,3 +42,8 @@ class AuthenticationError(CxError):
 
 class ForbiddenError(CxError):
     """Known credentials without the role an action needs (the web API answers 403)."""
+
+
+class BlockFailedError(CxError, RuntimeError):
+    """A block of a block-wise run raised or returned something unusable (after its retries); the message
+    names the block's box."""

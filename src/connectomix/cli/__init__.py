@@ -20,7 +20,14 @@ from connectomix.cli.analyze import analyze_app
 from connectomix.cli.embed import embed_app
 from connectomix.cli.flag import flag_command
 from connectomix.cli.model import model_app
-from connectomix.cli.parsing import parse_triple, write_json
+from connectomix.cli.ops import metrics_app, plan_command, runs_command, stream_command
+from connectomix.cli.parsing import (
+    DbOption,
+    WorkspaceOption,
+    parse_triple,
+    resolve_workspace_and_db,
+    write_json,
+)
 from connectomix.cli.proofread import proofread_app
 from connectomix.cli.segment import segment_app
 from connectomix.cli.serve import serve_command, users_app
@@ -43,6 +50,10 @@ app.command("serve")(serve_command)
 app.add_typer(users_app, name="users", no_args_is_help=True)
 app.add_typer(embed_app, name="embed", no_args_is_help=True)
 app.add_typer(analyze_app, name="analyze", no_args_is_help=True)
+app.add_typer(metrics_app, name="metrics", no_args_is_help=True)
+app.command("stream")(stream_command)
+app.command("plan")(plan_command)
+app.command("runs")(runs_command)
 
 console = Console()
 
@@ -131,6 +142,11 @@ def evaluate_command(
         int, typer.Option(help="Voxels an overlap needs to count as a split or merge error.")
     ] = 100,
     erl: Annotated[bool, typer.Option("--erl", help="Also compute ERL on ground-truth skeletons.")] = False,
+    record: Annotated[
+        bool, typer.Option("--record", help="Store the scores in the workspace database for the exporter.")
+    ] = False,
+    workspace: WorkspaceOption = None,
+    db: DbOption = None,
 ) -> None:
     """Score a segmentation against ground truth: VI (split/merge, bits), ARAND, error counts, ERL."""
     from connectomix.evaluate import evaluate, expected_run_length
@@ -155,6 +171,12 @@ def evaluate_command(
         table.add_row("erl_nm", f"{payload['erl']['erl_nm']:.0f}")
         table.add_row("max_erl_nm", f"{payload['erl']['max_erl_nm']:.0f}")
     console.print(table)
+    if record:
+        from connectomix.observe.store import record_scores
+
+        _, url = resolve_workspace_and_db(workspace, db)
+        record_scores(url, scores, segmentation=seg)
+        console.print(f"recorded in {url} (connectomix_vi_bits, connectomix_arand, connectomix_edge_errors)")
     if json_out is not None:
         write_json(json_out, payload)
 

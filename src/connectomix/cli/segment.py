@@ -200,6 +200,12 @@ def run_command(
         Path | None,
         typer.Option(help="With --model baseline: boundary U-Net (.safetensors from train-boundary)."),
     ] = None,
+    executor: Annotated[str, typer.Option(help="Where blocks run: inprocess or dask.")] = "inprocess",
+    scheduler: Annotated[
+        str | None, typer.Option(help="Dask scheduler tcp://HOST:PORT [a local cluster on 127.0.0.1].")
+    ] = None,
+    workers: Annotated[int, typer.Option(help="Workers of a local Dask cluster.")] = 2,
+    retries: Annotated[int, typer.Option(help="With an executor: resend a failing batch this often.")] = 1,
 ) -> None:
     """Segment a volume of any size block-wise with an FFN (or the baseline), with global id reconciliation.
 
@@ -243,20 +249,27 @@ def run_command(
         segmenter = ffn_segmenter(ffn, options)
         default_overlap = segmenter.recommended_overlap_zyx or (24, 24, 24)
     overlap_zyx = parse_triple(overlap, "--overlap", minimum=0) if overlap else default_overlap
-    result = segment_volume(
-        raw_volume,
-        out,
-        segmenter,
-        block_shape_zyx=parse_triple(block, "--block"),
-        overlap_zyx=overlap_zyx,
-        box=region,
-        batch_blocks=batch_blocks,
-        resume=resume,
-        overwrite=overwrite,
-    )
+    from connectomix.observe.metrics import record_throughput
+    from connectomix.run.executors import open_executor
+
+    with open_executor(executor, scheduler=scheduler, workers=workers) as (pool, pool_info):
+        result = segment_volume(
+            raw_volume,
+            out,
+            segmenter,
+            block_shape_zyx=parse_triple(block, "--block"),
+            overlap_zyx=overlap_zyx,
+            box=region,
+            batch_blocks=batch_blocks,
+            resume=resume,
+            overwrite=overwrite,
+            executor=None if pool_info.kind == "inprocess" else pool,
+            retries=retries,
+        )
     counters = result.counters
     region_box = region or raw_volume.bounds
     voxels = region_box.size
+    record_throughput("segment", voxels, result.seconds)
     steps = counters.get("steps", 0.0)
     report = {
         "raw": raw,
@@ -271,6 +284,8 @@ def run_command(
         "compile": compile_model,
         "consensus": consensus,
         "threads": torch.get_num_threads(),
+        "executor": pool_info.kind,
+        "workers": pool_info.workers,
         "blocks": result.n_blocks,
         "blocks_resumed": result.n_blocks_skipped,
         "objects_before_reconciliation": result.n_objects_before,

@@ -70,14 +70,15 @@ import time
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Executor, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, NoReturn, Protocol, runtime_checkable
 
 import fastremap
 import numpy as np
 
-from connectomix.errors import CxError, InputError
+from connectomix.errors import BlockFailedError, InputError
 from connectomix.progress import track
 from connectomix.segment.ledger import LEDGER_NAME, BlockRecord, Ledger
 from connectomix.segment.reconcile import GlobalIds, Links, ReconcileParams, match_overlap, neighbour_pairs
@@ -116,10 +117,6 @@ class BlockSegmenter(Protocol):
     def __call__(
         self, raws: list[np.ndarray], boxes: list[Box], resolution_nm_zyx: FloatTriple
     ) -> list[BlockOutput]: ...
-
-
-class BlockFailedError(CxError, RuntimeError):
-    """Segmenting a block raised or returned something unusable; the message names the block's boxes."""
 
 
 def fingerprint_of(segmenter: Any) -> str:
@@ -457,6 +454,8 @@ def segment_volume(
     resume: bool = True,
     overwrite: bool = False,
     keep_workdir: bool = False,
+    executor: Executor | None = None,
+    retries: int = 0,
 ) -> BlockwiseResult:
     """Segment ``box`` of ``raw`` block by block and write one consistent segmentation to ``out_url``.
 
@@ -490,6 +489,12 @@ def segment_volume(
         Replace an existing output not produced by this run's ledger.
     keep_workdir
         Keep the work directory after success (a later run then only reconciles and rewrites).
+    executor
+        Where the segmenter runs: None (here, in order), or any :class:`concurrent.futures.Executor`, such
+        as a Dask cluster's (:func:`connectomix.run.executors.open_executor`); the segmenter must then be
+        picklable. Output is identical whichever executor ran the blocks.
+    retries
+        With an executor: how many more times a batch that raised is sent again before the run fails.
     """
     start_time = time.perf_counter()
     volume = open_volume(raw) if isinstance(raw, str) else raw
@@ -532,7 +537,9 @@ def segment_volume(
         tick = time.perf_counter()
         done = ledger.finished()
         n_skipped = len(done)
-        _segment_blocks(volume, layout, segmenter, ledger, done, work, int(batch_blocks), progress)
+        _segment_blocks(
+            volume, layout, segmenter, ledger, done, work, int(batch_blocks), progress, executor, int(retries)
+        )
         timings["segment"] = time.perf_counter() - tick
 
         tick = time.perf_counter()
@@ -594,8 +601,17 @@ def _segment_blocks(
     work: Path,
     batch_blocks: int,
     progress: bool,
+    executor: Executor | None = None,
+    retries: int = 0,
 ) -> None:
-    """Segment every block not in ``done``; write its scratch, then record it in the ledger."""
+    """Segment every block not in ``done``; write its scratch, then record it in the ledger.
+
+    Without an executor, batches run here one after another. With one, the raw subvolumes are read here
+    (with read-ahead) and each batch is sent to the executor with the segmenter; at most twice the
+    executor's workers batches are in flight, and results are written and recorded here as they arrive,
+    so the scratch and the ledger have one writer. A batch that raises is sent again up to ``retries``
+    times (a Dask worker that dies is also retried by Dask itself).
+    """
     scratch = open_volume(
         f"zarr://{work / 'labels.zarr'}",
         "a",
@@ -609,15 +625,47 @@ def _segment_blocks(
     batches = [todo[k : k + batch_blocks] for k in range(0, len(todo), batch_blocks)]
     reader = read_blocks(volume, [layout.subvolumes[i] for i in todo], read_ahead=batch_blocks)
     try:
-        for batch in track(batches, "segment blocks", len(batches), progress):
-            _segment_batch(volume, layout, segmenter, ledger, scratch, maps, work, batch, reader)
+        if executor is None:
+            for batch in track(batches, "segment blocks", len(batches), progress):
+                raws = [data for _, data in itertools.islice(reader, len(batch))]
+                tick = time.perf_counter()
+                try:
+                    outputs = _call_segmenter(segmenter, raws, [layout.subvolumes[i] for i in batch], volume)
+                except Exception as exc:
+                    _fail(layout, ledger, batch, exc)
+                seconds = (time.perf_counter() - tick) / len(batch)
+                _commit_batch(volume, layout, ledger, scratch, maps, work, batch, outputs, seconds)
+        else:
+            _segment_on_executor(
+                volume, layout, segmenter, ledger, scratch, maps, work, batches, reader, executor, retries
+            )
     finally:
         close = getattr(reader, "close", None)  # stop the read-ahead thread if a block failed
         if close is not None:
             close()
 
 
-def _segment_batch(
+def _call_segmenter(
+    segmenter: Any, raws: list[np.ndarray], boxes: list[Box], volume: Volume
+) -> list[BlockOutput]:
+    outputs = list(segmenter(raws, boxes, volume.resolution))
+    if len(outputs) != len(raws):
+        raise InputError(f"the segmenter returned {len(outputs)} results for {len(raws)} subvolumes")
+    return outputs
+
+
+def _timed_segmenter_call(
+    segmenter: Any, raws: list[np.ndarray], boxes: list[Box], resolution: FloatTriple
+) -> tuple[list[BlockOutput], float]:
+    """What an executor's worker runs: the segmenter on one batch, and its wall seconds."""
+    tick = time.perf_counter()
+    outputs = list(segmenter(raws, boxes, resolution))
+    if len(outputs) != len(raws):
+        raise InputError(f"the segmenter returned {len(outputs)} results for {len(raws)} subvolumes")
+    return outputs, time.perf_counter() - tick
+
+
+def _segment_on_executor(
     volume: Volume,
     layout: BlockLayout,
     segmenter: Any,
@@ -625,23 +673,102 @@ def _segment_batch(
     scratch: Volume,
     maps: dict[str, Volume],
     work: Path,
-    batch: list[int],
+    batches: list[list[int]],
     reader: Iterator[tuple[Box, np.ndarray]],
+    executor: Executor,
+    retries: int,
 ) -> None:
-    """Segment one batch of blocks with one segmenter call; write and record each block."""
-    raws = [data for _, data in itertools.islice(reader, len(batch))]
-    boxes = [layout.subvolumes[i] for i in batch]
-    tick = time.perf_counter()
+    workers = max(1, int(getattr(executor, "workers", 0) or _executor_threads(executor)))
+    limit = 2 * workers
+    pending: dict[Future[Any], tuple[list[int], list[np.ndarray], int]] = {}
+    queue = list(reversed(batches))
+    failed: list[tuple[list[int], BaseException]] = []
+
+    def submit(batch: list[int], raws: list[np.ndarray], attempt: int) -> None:
+        boxes = [layout.subvolumes[i] for i in batch]
+        future = executor.submit(_timed_segmenter_call, segmenter, raws, boxes, volume.resolution)
+        pending[future] = (batch, raws, attempt)
+
+    with _Bar("segment blocks", len(batches), progress=True) as bar:
+        while queue or pending:
+            while queue and len(pending) < limit:
+                batch = queue.pop()
+                submit(batch, [data for _, data in itertools.islice(reader, len(batch))], 1)
+            finished, _ = wait(list(pending), return_when=FIRST_COMPLETED)
+            for future in finished:
+                batch, raws, attempt = pending.pop(future)
+                try:
+                    outputs, seconds = future.result()
+                except Exception as exc:
+                    if attempt <= retries:
+                        submit(batch, raws, attempt + 1)
+                    else:
+                        failed.append((batch, exc))
+                        for i in batch:
+                            ledger.record_failed(
+                                i, layout.cores[i], layout.subvolumes[i], f"{type(exc).__name__}: {exc}"
+                            )
+                        bar.advance()
+                    continue
+                _commit_batch(
+                    volume, layout, ledger, scratch, maps, work, batch, outputs, seconds / len(batch)
+                )
+                bar.advance()
+    if failed:
+        batch, exc = failed[0]
+        names = "; ".join(_block_name(layout, i) for b, _ in failed for i in b)
+        raise BlockFailedError(
+            f"segmenting {names} failed after {retries + 1} attempts: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _executor_threads(executor: Executor) -> int:
+    client = getattr(executor, "_client", None)  # distributed.ClientExecutor
+    if client is None:
+        return 1
     try:
-        outputs = list(segmenter(raws, boxes, volume.resolution))
-        if len(outputs) != len(batch):
-            raise InputError(f"the segmenter returned {len(outputs)} results for {len(batch)} subvolumes")
-    except Exception as exc:
-        names = "; ".join(_block_name(layout, i) for i in batch)
-        for i in batch:
-            ledger.record_failed(i, layout.cores[i], layout.subvolumes[i], f"{type(exc).__name__}: {exc}")
-        raise BlockFailedError(f"segmenting {names} failed: {type(exc).__name__}: {exc}") from exc
-    seconds = (time.perf_counter() - tick) / len(batch)
+        workers = client.scheduler_info().get("workers", {})
+        return max(1, sum(int(w.get("nthreads", 1)) for w in workers.values()))
+    except Exception:  # a scheduler that does not answer: one batch at a time
+        return 1
+
+
+class _Bar:
+    """A progress bar advanced out of order (quiet when not on a terminal)."""
+
+    def __init__(self, description: str, total: int, progress: bool) -> None:
+        self._iterator = iter(track(range(total), description, total, progress))
+
+    def __enter__(self) -> _Bar:
+        return self
+
+    def advance(self) -> None:
+        next(self._iterator, None)
+
+    def __exit__(self, *exc: object) -> None:
+        for _ in self._iterator:
+            pass
+
+
+def _fail(layout: BlockLayout, ledger: Ledger, batch: list[int], exc: Exception) -> NoReturn:
+    names = "; ".join(_block_name(layout, i) for i in batch)
+    for i in batch:
+        ledger.record_failed(i, layout.cores[i], layout.subvolumes[i], f"{type(exc).__name__}: {exc}")
+    raise BlockFailedError(f"segmenting {names} failed: {type(exc).__name__}: {exc}") from exc
+
+
+def _commit_batch(
+    volume: Volume,
+    layout: BlockLayout,
+    ledger: Ledger,
+    scratch: Volume,
+    maps: dict[str, Volume],
+    work: Path,
+    batch: list[int],
+    outputs: list[BlockOutput],
+    seconds: float,
+) -> None:
+    """Write each block's scratch and maps, then record it in the ledger (``seconds`` per block)."""
     for i, output in zip(batch, outputs, strict=True):
         try:
             labels, n_objects = _local_labels(output.segmentation, layout.subvolumes[i].shape)

@@ -3,6 +3,7 @@
 What it serves:
 
 * ``GET /`` the proofreading page (token log-in, next task, hotkeys ``m`` ``s`` ``x`` ``d``, admin stats);
+* ``/metrics`` Prometheus metrics (:mod:`connectomix.observe`; an admin token, like the admin API);
 * ``/api/…`` the JSON API (see :mod:`connectomix.proofread.web.routes`; OpenAPI at ``/docs``), every route
   but ``GET /health`` authenticated by ``Authorization: Bearer TOKEN`` (or ``X-CX-Token: TOKEN``);
 * ``/precomputed/{name}/…`` the EM volume (``em``) and the edit log's current segmentation (named after
@@ -115,7 +116,8 @@ def create_app(
     )
 
     from connectomix import __version__
-    from connectomix.proofread.web.routes import admin_router, api_router, health_router
+    from connectomix.observe.exporter import build_registry
+    from connectomix.proofread.web.routes import admin_router, api_router, health_router, metrics_router
 
     app = FastAPI(
         title="connectomix proofreading",
@@ -128,14 +130,17 @@ def create_app(
             {"name": "health", "description": "Liveness (no token)."},
             {"name": "tasks", "description": "The proofreader's work: claim, act, heartbeat."},
             {"name": "admin", "description": "Queue and user statistics (admins only)."},
+            {"name": "metrics", "description": "Prometheus metrics at /metrics (admin token)."},
             {"name": "precomputed", "description": "Volumes as Neuroglancer precomputed (no token)."},
         ],
     )
     app.state.context = context
+    app.state.metrics_registry = build_registry(database)
     _install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(api_router)
     app.include_router(admin_router)
+    app.include_router(metrics_router)
     app.include_router(precomputed_router(registry))
     app.include_router(neuroglancer_router())
 

@@ -91,6 +91,25 @@ admin_router = APIRouter(
 )
 
 
+metrics_router = APIRouter(tags=["metrics"])
+
+
+@metrics_router.get(
+    "/metrics",
+    summary="Prometheus metrics (admins)",
+    dependencies=[Depends(admin_user)],
+    response_class=Response,
+    responses={**_ERRORS, 200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}},
+)
+def metrics(request: Request) -> Response:
+    """This process's and the workspace's metrics (scrape with ``authorization: {credentials: TOKEN}``)."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from connectomix.observe.exporter import exposition
+
+    return Response(exposition(request.app.state.metrics_registry), media_type=CONTENT_TYPE_LATEST)
+
+
 @health_router.get("/health", response_model=Health, summary="Liveness")
 def health() -> Health:
     return Health(status="ok")

@@ -1,0 +1,1 @@
+"""Observability: Prometheus metrics (process and workspace), the exporter, the Grafana dashboard."""
