@@ -20,9 +20,8 @@ from connectomix.observe.metrics import (
     STREAM_CHUNKS,
     STREAM_LATENCY,
     record_block,
-    record_throughput,
 )
-from connectomix.observe.store import record_scores, store_values
+from connectomix.observe.store import record_scores, record_throughput, store_values
 from connectomix.proofread.queue import TaskQueue
 from connectomix.run.ledger import BlockLedger
 from connectomix.volume import Box
@@ -76,7 +75,7 @@ def workspace(tmp_path):
         ledger.record_failed(1, Box((8, 0, 0), (16, 8, 8)), attempts=3, error="ValueError: no", worker=None)
     # every labelled process metric gets a series
     record_block("segment:demo", 0.5, 512)
-    record_throughput("segment", 1000, 2.0)
+    record_throughput(url, "segment", 1000, 2.0)
     STAGE_SECONDS.labels(stage="segment").observe(3.0)
     STREAM_LATENCY.observe(1.5)
     STREAM_CHUNKS.labels(outcome="done").inc()
@@ -119,6 +118,7 @@ def test_workspace_metrics_come_from_the_database(workspace):
     assert found["connectomix_arand"] == [({"segmentation": "zarr://seg.zarr"}, 0.07)]
     errors = {labels["kind"]: value for labels, value in found["connectomix_edge_errors"]}
     assert errors == {"split": 12.0, "merge": 5.0}
+    assert found["connectomix_throughput_voxels_per_second"] == [({"stage": "segment"}, 500.0)]
     # the run ledger
     blocks = {(labels["run"], labels["status"]): value for labels, value in found["connectomix_run_blocks"]}
     assert blocks == {("segment:demo", "done"): 1.0, ("segment:demo", "failed"): 1.0}

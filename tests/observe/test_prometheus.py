@@ -15,8 +15,7 @@ import pytest
 
 from connectomix.flag.tasks import Task
 from connectomix.observe.exporter import serve_metrics
-from connectomix.observe.metrics import record_throughput
-from connectomix.observe.store import record_scores
+from connectomix.observe.store import record_scores, record_throughput
 from connectomix.proofread.queue import TaskQueue
 
 PROMETHEUS = shutil.which("prometheus")
@@ -47,7 +46,7 @@ def test_prometheus_scrapes_the_four_core_metrics(tmp_path):
     queue.enqueue_many([Task.create("split", (k, 4, 4), (k + 1,), 0.5) for k in range(4)])
     queue.dispose()
     record_scores(url, Scores(), segmentation="seg-v1")
-    record_throughput("segment", 123_456, 2.0)  # 61,728 voxels/s
+    record_throughput(url, "segment", 123_456, 2.0)  # 61,728 voxels/s
     with serve_metrics(0, database=url) as (host, exporter_port):
         port = free_port()
         config = tmp_path / "prometheus.yml"

@@ -9,7 +9,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connectomix.cli.parsing import parse_box_xyz, parse_triple, write_json
+from connectomix.cli.parsing import (
+    DbOption,
+    WorkspaceOption,
+    parse_box_xyz,
+    parse_triple,
+    resolve_workspace_and_db,
+    write_json,
+)
 
 PRECISION_HELP = "fp32, bf16 (autocast, channels-last) or auto (bf16 where the hardware has it natively)."
 
@@ -206,6 +213,11 @@ def run_command(
     ] = None,
     workers: Annotated[int, typer.Option(help="Workers of a local Dask cluster.")] = 2,
     retries: Annotated[int, typer.Option(help="With an executor: resend a failing batch this often.")] = 1,
+    record: Annotated[
+        bool, typer.Option("--record", help="Store the run's voxels/s in the workspace database (exporter).")
+    ] = False,
+    workspace: WorkspaceOption = None,
+    db: DbOption = None,
 ) -> None:
     """Segment a volume of any size block-wise with an FFN (or the baseline), with global id reconciliation.
 
@@ -249,7 +261,6 @@ def run_command(
         segmenter = ffn_segmenter(ffn, options)
         default_overlap = segmenter.recommended_overlap_zyx or (24, 24, 24)
     overlap_zyx = parse_triple(overlap, "--overlap", minimum=0) if overlap else default_overlap
-    from connectomix.observe.metrics import record_throughput
     from connectomix.run.executors import open_executor
 
     with open_executor(executor, scheduler=scheduler, workers=workers) as (pool, pool_info):
@@ -269,7 +280,10 @@ def run_command(
     counters = result.counters
     region_box = region or raw_volume.bounds
     voxels = region_box.size
-    record_throughput("segment", voxels, result.seconds)
+    if record:
+        from connectomix.observe.store import record_throughput
+
+        record_throughput(resolve_workspace_and_db(workspace, db)[1], "segment", voxels, result.seconds)
     steps = counters.get("steps", 0.0)
     report = {
         "raw": raw,

@@ -16,7 +16,7 @@ only these (a test checks it).
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
 
 # The *_created series only double the exposition; Grafana and the dashboard do not use them.
 disable_created_metrics()
@@ -43,12 +43,6 @@ VOXELS_TOTAL = Counter(
     "connectomix_voxels_processed_total",
     "Voxels processed by block-wise runs in this process, by task (rate() gives voxels per second).",
     ["task"],
-    registry=REGISTRY,
-)
-THROUGHPUT = Gauge(
-    "connectomix_throughput_voxels_per_second",
-    "Voxels per second of the most recent run of a stage (wall time, whole run).",
-    ["stage"],
     registry=REGISTRY,
 )
 STAGE_SECONDS = Histogram(
@@ -89,6 +83,7 @@ WORKSPACE_METRICS: dict[str, str] = {
     "connectomix_queue_task_wait_seconds": "Seconds from enqueue to first claim, over tasks claimed so far.",
     "connectomix_queue_task_handling_seconds": "Seconds from claim to completion, over completed tasks.",
     "connectomix_vi_bits": "Variation of information of a scored segmentation (kind: split, merge, total).",
+    "connectomix_throughput_voxels_per_second": "Voxels per second of the latest recorded run of a stage.",
     "connectomix_arand": "Adapted Rand error of a scored segmentation (0 best, 1 worst).",
     "connectomix_edge_errors": "Split and merge error counts of a scored segmentation (kind: split, merge).",
     "connectomix_run_blocks": "Blocks of named block-wise runs in the workspace ledger, by status.",
@@ -105,7 +100,6 @@ PROCESS_METRICS: tuple[str, ...] = (
     "connectomix_blocks_processed_total",
     "connectomix_block_duration_seconds",
     "connectomix_voxels_processed_total",
-    "connectomix_throughput_voxels_per_second",
     "connectomix_stage_duration_seconds",
     "connectomix_stream_chunk_latency_seconds",
     "connectomix_stream_chunks_total",
@@ -125,12 +119,6 @@ def record_block(task: str, seconds: float, voxels: int) -> None:
     VOXELS_TOTAL.labels(task=stage).inc(max(int(voxels), 0))
 
 
-def record_throughput(stage: str, voxels: int, seconds: float) -> None:
-    """Set the throughput gauge of ``stage`` from a whole run (voxels over wall seconds)."""
-    if seconds > 0:
-        THROUGHPUT.labels(stage=stage).set(float(voxels) / float(seconds))
-
-
 __all__ = [
     "BLOCKS_TOTAL",
     "BLOCK_SECONDS",
@@ -142,9 +130,7 @@ __all__ = [
     "STAGE_SECONDS",
     "STREAM_CHUNKS",
     "STREAM_LATENCY",
-    "THROUGHPUT",
     "VOXELS_TOTAL",
     "WORKSPACE_METRICS",
     "record_block",
-    "record_throughput",
 ]

@@ -1,4 +1,4 @@
-"""Quality numbers that runs leave in the workspace database for the exporter: VI, ARAND, edge errors.
+"""Numbers that runs leave in the workspace database for the exporter: VI, ARAND, edge errors, throughput.
 
 A batch run (``cx evaluate --record``, the learning loop, a streaming run) ends long before Prometheus next
 scrapes, so it writes its latest numbers into ``cx_metric_values(name, labels, value, updated_at)`` (schema
@@ -33,7 +33,12 @@ VALUES = sa.Table(
 )
 
 #: The stored gauges (a subset of the workspace metrics).
-STORED = ("connectomix_vi_bits", "connectomix_arand", "connectomix_edge_errors")
+STORED = (
+    "connectomix_vi_bits",
+    "connectomix_arand",
+    "connectomix_edge_errors",
+    "connectomix_throughput_voxels_per_second",
+)
 
 
 def _migration_1(connection: Connection) -> None:
@@ -94,6 +99,16 @@ def record_scores(database: str | Database | None, scores: Any, *, segmentation:
     )
 
 
+def record_throughput(database: str | Database | None, stage: str, voxels: int, seconds: float) -> None:
+    """Store the voxels per second of a whole run of ``stage`` (wall ``seconds``) for the exporter."""
+    if not seconds > 0:
+        raise InputError(f"a run's wall time must be positive, got {seconds!r} s")
+    store_values(
+        database,
+        [("connectomix_throughput_voxels_per_second", {"stage": str(stage)}, float(voxels) / seconds)],
+    )
+
+
 def stored_values(db: Database) -> list[tuple[str, dict[str, str], float]]:
     """Every stored series (empty when nothing was recorded yet)."""
     with db.engine.connect() as connection:
@@ -103,4 +118,4 @@ def stored_values(db: Database) -> list[tuple[str, dict[str, str], float]]:
     return [(r.name, json.loads(r.labels), float(r.value)) for r in rows if r.name in WORKSPACE_METRICS]
 
 
-__all__ = ["STORED", "record_scores", "store_values", "stored_values"]
+__all__ = ["STORED", "record_scores", "record_throughput", "store_values", "stored_values"]

@@ -26,6 +26,7 @@ from typing import Any
 
 from connectomix.errors import BlockFailedError, InputError
 from connectomix.observe.metrics import STAGE_SECONDS, record_block
+from connectomix.observe.store import record_throughput
 from connectomix.progress import is_terminal
 from connectomix.proofread.db import Database
 from connectomix.run.executors import InProcessExecutor, executor_workers
@@ -161,7 +162,11 @@ def run_blockwise(
             for future in pending:
                 future.cancel()
         elapsed = time.perf_counter() - start
-        STAGE_SECONDS.labels(stage=task.name.split(":", 1)[0]).observe(elapsed)
+        stage = task.name.split(":", 1)[0]
+        STAGE_SECONDS.labels(stage=stage).observe(elapsed)
+        if todo and elapsed > 0:
+            voxels = sum(boxes[i].size for i in todo if i not in failures)
+            record_throughput(ledger.db, stage, voxels, elapsed)
         if failures:
             ledger.set_status("failed")
             listed = "; ".join(f"block {i} {boxes[i]!r}: {failures[i]}" for i in sorted(failures)[:5])

@@ -6,8 +6,8 @@ and override each one. The defaults are measurements, and say where they come fr
 * **steps per voxel** 1.651e-3: Google's FIB-25 run of its FFN over the whole of ``training_sample2``
   (25,799 network steps for 250³ voxels, counters stored in Google's published result);
 * **ms per step** by device: ``p100`` 11.9 ms (the same published run: 308 s of prediction for 25,799 steps
-  on one P100); ``cpu-2core`` from ``bench/ffn.py`` on this project's 2-core CI machine (fp32 and bf16 with
-  channels-last, one canvas); other devices only when given (``--ms-per-step h100=…``);
+  on one P100); ``cpu-2core`` from ``bench/ffn.py`` on a 2-core AMD EPYC with AVX512-BF16, 2026-12-06
+  (fp32 and bf16 with channels-last, one canvas); other devices only when given (``--ms-per-step h100=…``);
 * **block overhead** ``((block + 2·overlap) / block)³`` with the defaults of ``cx segment run`` (128³ cores,
   24-voxel context): the extra steps spent in overlapping context;
 * **storage**: raw uint8 (1 byte/voxel) over its compression ratio, segmentation uint64 (8 bytes/voxel) over
@@ -36,7 +36,7 @@ class PlanAssumptions:
 
     steps_per_voxel: float = 25_799 / 250**3
     ms_per_step: Mapping[str, float] = field(
-        default_factory=lambda: {"cpu-2core-fp32": 93.8, "cpu-2core-bf16": 52.0, "p100": 308_000 / 25_799}
+        default_factory=lambda: {"cpu-2core-fp32": 96.4, "cpu-2core-bf16": 48.1, "p100": 308_000 / 25_799}
     )
     price_per_hour_usd: Mapping[str, float] = field(
         default_factory=lambda: {"cpu-2core-fp32": 0.07, "cpu-2core-bf16": 0.07, "p100": 1.46}
