@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from connectomix.checkpoints import latest_checkpoint
 from connectomix.embed.augment import (
     Augmentation,
     flip_and_permute,
@@ -18,7 +19,7 @@ from connectomix.embed.augment import (
 )
 from connectomix.embed.cutouts import compose, mean_pool, read_sources
 from connectomix.embed.model import EncoderConfig
-from connectomix.embed.train import TrainingVolume, latest_checkpoint, nt_xent, train_encoder
+from connectomix.embed.train import TrainingVolume, nt_xent, train_encoder
 from connectomix.errors import InputError
 from connectomix.volume import Box, open_volume
 

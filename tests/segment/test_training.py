@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from connectomix.checkpoints import latest_checkpoint
 from connectomix.errors import CorruptDataError, InputError, NotFoundError
 from connectomix.segment.models import ConvStack3D, FFNConfig, build_model, load_model, save_model
 from connectomix.segment.training import (
@@ -13,7 +14,6 @@ from connectomix.segment.training import (
     TARGET_ON,
     compute_partitions,
     face_moves,
-    latest_checkpoint,
     make_example,
     sample_training_centres,
     train,

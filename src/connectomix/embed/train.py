@@ -21,8 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
-import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +31,12 @@ import numpy as np
 import torch
 from torch.nn import functional
 
+from connectomix.checkpoints import (
+    load_optimizer_state,
+    read_checkpoint,
+    resume_source,
+    write_checkpoint,
+)
 from connectomix.embed.augment import (
     Augmentation,
     flip_and_permute,
@@ -43,7 +47,7 @@ from connectomix.embed.augment import (
 from connectomix.embed.cutouts import compose, read_sources
 from connectomix.embed.model import EncoderConfig, SegCLREncoder, load_state, save_encoder
 from connectomix.embed.pairs import DEFAULT_MIN_VOXELS, SkeletonGraph, sample_pairs, skeletonize_segments
-from connectomix.errors import CorruptDataError, InputError, NotFoundError
+from connectomix.errors import InputError
 from connectomix.progress import track
 from connectomix.segment.precision import Precision, resolve_precision
 from connectomix.volume.base import Volume
@@ -52,7 +56,6 @@ from connectomix.volume.box import Box
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "connectomix-segclr-train/1"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
 #: Maximum path distance between the two nodes of a positive pair (SegCLR used a few µm on H01).
 DEFAULT_MAX_PAIR_DISTANCE_NM = 1000.0
 
@@ -270,7 +273,7 @@ def train_encoder(
         seed=seed,
     )
     step, losses, resumed_from = 0, [], None
-    source = _resume_source(ckpt_dir, resume)
+    source = resume_source(ckpt_dir, resume)
     if source is not None:
         state = load_checkpoint(source, model, opt, meta)
         step, losses, resumed_from = (
@@ -319,26 +322,6 @@ def train_encoder(
 # ---------------------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------------------
-def latest_checkpoint(checkpoint_dir: Path | str) -> Path | None:
-    """The newest complete ``step-NNNNNNNN`` folder in ``checkpoint_dir``, or None."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
-
-
-def _resume_source(ckpt_dir: Path | None, resume: bool | Path | str) -> Path | None:
-    if resume is False:
-        return None
-    if resume is True:
-        return latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
-    path = Path(resume)
-    if not path.is_dir():
-        raise NotFoundError(f"no such training checkpoint folder {str(path)!r} (expected a step-NNNNNNNN/)")
-    return path
-
-
 def save_checkpoint(
     checkpoint_dir: Path,
     model: SegCLREncoder,
@@ -350,13 +333,6 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write ``checkpoint_dir/step-NNNNNNNN/`` (``model.safetensors`` + ``state.pt``) atomically."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir / f"step-{step:08d}"
-    tmp = checkpoint_dir / f".{final.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_encoder(model, tmp / "model.safetensors", metadata={"step": str(step)})
     state = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -367,14 +343,13 @@ def save_checkpoint(
         "torch_rng": torch.get_rng_state(),
         "numpy_rng": f"default_rng([seed, step]) for step > {step}",
     }
-    torch.save(state, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    found = sorted((int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := _STEP_DIR.match(p.name)))
-    for _, old in found[: max(0, len(found) - max(keep, 1))]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return write_checkpoint(
+        checkpoint_dir,
+        step,
+        lambda path: save_encoder(model, path, metadata={"step": str(step)}),
+        state,
+        keep=keep,
+    )
 
 
 def load_checkpoint(
@@ -388,44 +363,10 @@ def load_checkpoint(
     :class:`NotFoundError` when the folder is missing, :class:`CorruptDataError` when a file is missing or
     unreadable, :class:`InputError` when it belongs to another model config or training setup.
     """
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_dir():
-        raise NotFoundError(f"no such training checkpoint folder {str(path)!r}")
-    weights, state_file = path / "model.safetensors", path / "state.pt"
-    for f in (weights, state_file):
-        if not f.is_file():
-            raise CorruptDataError(f"training checkpoint {path} is incomplete: {f.name} is missing")
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CorruptDataError(
-            f"training checkpoint {state_file} is unreadable ({type(exc).__name__})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CorruptDataError(
-            f"{state_file} is not a connectomix SegCLR training state ({CHECKPOINT_FORMAT})"
-        )
-    if state["config"] != model.config.to_json():
-        raise InputError(
-            f"checkpoint {path} was trained with another encoder config ({state['config']}), "
-            f"not {model.config.to_json()}"
-        )
-    if meta is not None and json.loads(state["meta"]) != json.loads(json.dumps(meta)):
-        raise InputError(
-            f"checkpoint {path} was written with training settings {state['meta']}; this run asks for "
-            f"{json.dumps(meta, sort_keys=True)} (use a new checkpoint dir or resume=False)"
-        )
-    try:
-        with safe_open(str(weights), framework="pt", device="cpu") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CorruptDataError(f"training checkpoint weights {weights} are unreadable ({exc})") from None
-    load_state(model, tensors, source=str(weights))
+    state, tensors = read_checkpoint(
+        path, format_tag=CHECKPOINT_FORMAT, what="SegCLR", config_json=model.config.to_json(), meta=meta
+    )
+    load_state(model, tensors, source=str(Path(path) / "model.safetensors"))
     if opt is not None:
-        try:
-            opt.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise InputError(f"checkpoint {path}: optimiser state does not fit this run ({exc})") from None
+        load_optimizer_state(path, opt, state)
     return state

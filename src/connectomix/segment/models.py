@@ -172,17 +172,6 @@ def load_model(path: Path | str, device: str | torch.device = "cpu") -> FFNModel
 
 def load_state(model: nn.Module, tensors: dict[str, torch.Tensor], source: str) -> None:
     """Load ``tensors`` into ``model``, with one-line errors for missing, extra or mis-shaped tensors."""
-    expected = model.state_dict()
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if missing:
-        raise InputError(f"{source}: missing tensors for the model: {', '.join(missing[:6])}")
-    if extra:
-        raise InputError(f"{source}: tensors the model does not have: {', '.join(extra[:6])}")
-    for name, tensor in tensors.items():
-        if tuple(tensor.shape) != tuple(expected[name].shape):
-            raise InputError(
-                f"{source}: tensor {name} has shape {tuple(tensor.shape)}, the model expects "
-                f"{tuple(expected[name].shape)}"
-            )
-    model.load_state_dict(tensors)
+    from connectomix.checkpoints import load_tensors
+
+    load_tensors(model, tensors, source, what="model")

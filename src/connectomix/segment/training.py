@@ -30,8 +30,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
-import shutil
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -46,7 +44,13 @@ from scipy import ndimage
 from torch import nn
 from torch.nn import functional
 
-from connectomix.errors import CorruptDataError, InputError, NotFoundError
+from connectomix.checkpoints import (
+    load_optimizer_state,
+    read_checkpoint,
+    resume_source,
+    write_checkpoint,
+)
+from connectomix.errors import InputError
 from connectomix.progress import track
 from connectomix.segment.models import ConvStack3D, FFNConfig, FFNModel, load_state, save_model
 from connectomix.segment.precision import Precision, resolve_precision
@@ -63,7 +67,6 @@ SEED_INIT, SEED_PAD, MOVE_THRESHOLD = 0.95, 0.05, 0.9
 #: The candidate grid is coarsened until it holds at most this many voxels (see :func:`compute_partitions`).
 MAX_CANDIDATES = 1 << 21
 CHECKPOINT_FORMAT = "connectomix-ffn-train/1"
-_STEP_DIR = re.compile(r"^step-(\d{8,})$")
 
 
 def logit(p: float) -> float:
@@ -615,7 +618,7 @@ def train(
     losses: list[float] = []
     bces: list[float] = []
     resumed_from = None
-    source = _resume_source(ckpt_dir, resume)
+    source = resume_source(ckpt_dir, resume)
     if source is not None:
         state = load_checkpoint(source, model, opt, meta)
         step, next_example = int(state["step"]), int(state["next_example"])
@@ -709,26 +712,6 @@ def train(
 # ---------------------------------------------------------------------------------------------------------
 # checkpoints
 # ---------------------------------------------------------------------------------------------------------
-def latest_checkpoint(checkpoint_dir: Path | str) -> Path | None:
-    """The newest complete ``step-NNNNNNNN`` folder in ``checkpoint_dir``, or None."""
-    folder = Path(checkpoint_dir)
-    if not folder.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _STEP_DIR.match(p.name)) and p.is_dir()]
-    return max(found)[1] if found else None
-
-
-def _resume_source(ckpt_dir: Path | None, resume: bool | Path | str) -> Path | None:
-    if resume is False:
-        return None
-    if resume is True:
-        return latest_checkpoint(ckpt_dir) if ckpt_dir is not None else None
-    path = Path(resume)
-    if not path.is_dir():
-        raise NotFoundError(f"no such training checkpoint folder {str(path)!r} (expected a step-NNNNNNNN/)")
-    return path
-
-
 def save_checkpoint(
     checkpoint_dir: Path,
     model: FFNModel,
@@ -743,13 +726,6 @@ def save_checkpoint(
     keep: int = 2,
 ) -> Path:
     """Write ``checkpoint_dir/step-NNNNNNNN/`` (``model.safetensors`` + ``state.pt``) atomically."""
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    final = checkpoint_dir / f"step-{step:08d}"
-    tmp = checkpoint_dir / f".{final.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    save_model(model, tmp / "model.safetensors", metadata={"step": str(step)})
     state = {
         "format": CHECKPOINT_FORMAT,
         "step": step,
@@ -761,14 +737,13 @@ def save_checkpoint(
         "losses": torch.tensor(losses, dtype=torch.float64),
         "bce": torch.tensor(bce, dtype=torch.float64),
     }
-    torch.save(state, tmp / "state.pt")
-    if final.exists():
-        shutil.rmtree(final)
-    tmp.rename(final)
-    found = sorted((int(m.group(1)), p) for p in checkpoint_dir.iterdir() if (m := _STEP_DIR.match(p.name)))
-    for _, old in found[: max(0, len(found) - max(keep, 1))]:
-        shutil.rmtree(old, ignore_errors=True)
-    return final
+    return write_checkpoint(
+        checkpoint_dir,
+        step,
+        lambda path: save_model(model, path, metadata={"step": str(step)}),
+        state,
+        keep=keep,
+    )
 
 
 def load_checkpoint(
@@ -782,43 +757,13 @@ def load_checkpoint(
     Raises :class:`NotFoundError` when the folder is missing, :class:`CorruptDataError` when a file is missing
     or unreadable, and :class:`InputError` when it belongs to a different model config or training setup.
     """
-    from safetensors import SafetensorError, safe_open
-
-    path = Path(path)
-    if not path.is_dir():
-        raise NotFoundError(f"no such training checkpoint folder {str(path)!r}")
-    weights, state_file = path / "model.safetensors", path / "state.pt"
-    for f in (weights, state_file):
-        if not f.is_file():
-            raise CorruptDataError(f"training checkpoint {path} is incomplete: {f.name} is missing")
-    try:
-        state = torch.load(state_file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for truncated or foreign files
-        raise CorruptDataError(
-            f"training checkpoint {state_file} is unreadable ({type(exc).__name__})"
-        ) from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise CorruptDataError(f"{state_file} is not a connectomix FFN training state ({CHECKPOINT_FORMAT})")
-    if state["config"] != model.config.to_json():
-        raise InputError(
-            f"checkpoint {path} was trained with a different model config ({state['config']}), "
-            f"not {model.config.to_json()}"
-        )
-    if meta is not None and json.loads(state["meta"]) != json.loads(json.dumps(meta)):
-        raise InputError(
-            f"checkpoint {path} was written with training settings {state['meta']}; this run asks for "
-            f"{json.dumps(meta, sort_keys=True)} (use a new checkpoint_dir or resume=False)"
-        )
-    try:
-        with safe_open(str(weights), framework="pt", device="cpu") as handle:
-            tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise CorruptDataError(f"training checkpoint weights {weights} are unreadable ({exc})") from None
+    state, tensors = read_checkpoint(
+        path, format_tag=CHECKPOINT_FORMAT, what="FFN", config_json=model.config.to_json(), meta=meta
+    )
     device = next(model.parameters()).device
-    load_state(model, {k: v.to(device) for k, v in tensors.items()}, source=str(weights))
+    load_state(
+        model, {k: v.to(device) for k, v in tensors.items()}, source=str(Path(path) / "model.safetensors")
+    )
     if opt is not None:
-        try:
-            opt.load_state_dict(state["optimizer"])
-        except (ValueError, KeyError) as exc:
-            raise InputError(f"checkpoint {path}: optimiser state does not fit this run ({exc})") from None
+        load_optimizer_state(path, opt, state)
     return state
