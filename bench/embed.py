@@ -13,10 +13,13 @@ Evaluation (:func:`connectomix.embed.realdata.run_real_evaluation`): the lite en
 crops and FIB-25 ``z < 125`` and evaluated on FIB-25 ``z ≥ 125``: same-body retrieval (nearest neighbour in
 embedding space, same-body nodes within 1 µm Euclidean excluded) and ROC AUC of merge detection (ground-truth
 bodies vs touching pairs merged), against the same network at its random initialisation; also the AUC of
-node count alone and a size-matched AUC.
+node count alone and a size-matched AUC. Two merge scorers: the unsupervised 2-means R² of a segment's node
+embeddings (the baseline) and, for the trained encoder, the supervised merge head
+(:mod:`connectomix.embed.merges`, trained on synthetic merges of FIB-25 ``z < 125`` only).
 
-Run: ``.venv/bin/python bench/embed.py`` (about 15 minutes on 2 cores) or ``--quick`` (under 2 minutes:
-fewer cutouts, 40 training steps on small boxes). Writes ``bench/results/embed.json`` (``--json``).
+Run: ``.venv/bin/python bench/embed.py`` (about 17 minutes on 2 cores; the merge head adds ~2) or
+``--quick`` (under 2 minutes: fewer cutouts, 40 training steps on small boxes). Writes
+``bench/results/embed.json`` (``--json``).
 """
 
 from __future__ import annotations
@@ -209,6 +212,8 @@ def main(argv: list[str] | None = None) -> int:
             "merge AUC",
             "size-matched AUC",
             "node-count AUC",
+            "head AUC",
+            "head size-matched",
         ):
             table.add_column(col, justify="left" if col == "encoder" else "right")
         for name, item in results.items():
@@ -221,6 +226,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{m['auc']:.3f}",
                 f"{m['auc_size_matched']:.3f}",
                 f"{m['auc_node_count_only']:.3f}",
+                *(f"{h['auc']:.3f}", f"{h['auc_size_matched']:.3f}")
+                if (h := item.get("merge_head"))
+                else ("-", "-"),
             )
         console.print(table)
         console.print(

@@ -110,7 +110,12 @@ def test_tiny_real_run_is_above_chance_and_flags_go_to_the_queue(testdata, tmp_p
         assert found["accuracy"] > 2 * found["chance"], (name, found)
         merge = report["results"][name]["merge"]
         assert merge["n_merged"] >= 5 and 0.0 <= merge["auc"] <= 1.0
-    assert "_merge" not in report["results"]["trained"]
+    head = report["results"]["trained"]["merge_head"]  # trained on the z < 125 half only
+    assert head["n_merged"] == report["results"]["trained"]["merge"]["n_merged"]
+    assert 0.0 <= head["auc"] <= 1.0 and 0.0 <= head["auc_size_matched"] <= 1.0
+    assert "merge_head" not in report["results"]["random-init"]
+    assert report["seconds"]["merge_head"] > 0
+    assert "_merge" not in report["results"]["trained"] and "_head" not in report["results"]["trained"]
     assert tasks, "with a threshold at the 10th percentile of true bodies most merged segments are flagged"
     assert all(t.kind == "split" and len(t.segment_ids) == 1 for t in tasks)
     assert all(t.evidence["method"] == "segclr-2means" for t in tasks)

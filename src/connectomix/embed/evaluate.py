@@ -24,7 +24,7 @@ two clusters as the suggested source and sink, ready for :meth:`TaskQueue.enqueu
 from __future__ import annotations
 
 import itertools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,12 +255,14 @@ def merge_tasks(
     *,
     threshold: float = 0.0,
     top_k: int | None = None,
+    method: str = "segclr-2means",
 ) -> list[Task]:
     """``split`` tasks for the segments scoring at least ``threshold`` (the ``top_k`` best, if given).
 
     A task's point is the node of the first cluster closest (in space) to the second cluster;
     ``evidence["sources_xyz"]`` / ``["sinks_xyz"]`` hold that node and its nearest node of the other cluster
-    (global voxels, (x, y, z)); ``evidence["method"]`` is ``"segclr-2means"``.
+    (global voxels, (x, y, z)); ``evidence["method"]`` is ``method`` (the scorer: ``"segclr-2means"`` for
+    :func:`merge_scores`, ``"segclr-merge-head"`` for :meth:`connectomix.embed.merges.MergeHead.scores`).
     """
     chosen = sorted((s for s in scores if s.score >= threshold), key=lambda s: (-s.score, s.segment_id))
     if top_k is not None:
@@ -276,8 +278,8 @@ def merge_tasks(
         i, j = np.unravel_index(np.argmin(d), d.shape)
         source, sink = [int(v) for v in np.rint(a[i])], [int(v) for v in np.rint(b[j])]
         evidence = {
-            "method": "segclr-2means",
-            "separation_r2": s.score,
+            "method": method,
+            ("separation_r2" if method == "segclr-2means" else "score"): s.score,
             "cluster_sizes": [len(a), len(b)],
             "sources_xyz": [source],
             "sinks_xyz": [sink],
@@ -300,6 +302,26 @@ class Region:
     raw: ArrayVolume
     gt: ArrayVolume
 
+    def synthetic_merges(
+        self, *, n_merges: int, min_contact: int = 50, min_voxels: int = DEFAULT_MIN_VOXELS, seed: int = 0
+    ) -> tuple[ArrayVolume, dict[int, tuple[int, int]]]:
+        """The labels with up to ``n_merges`` disjoint touching pairs of bodies (each at least
+        ``min_voxels`` voxels, ``min_contact`` shared faces) merged (:func:`merge_pairs`): the volume and
+        ``{merged id: (a, b)}``."""
+        labels = self.gt.read()
+        sizes = dict(zip(*np.unique(labels, return_counts=True), strict=True))
+        pairs = touching_pairs(labels, min_contact=min_contact)
+        if len(pairs):
+            pairs = pairs[[bool(sizes[a] >= min_voxels and sizes[b] >= min_voxels) for a, b, _ in pairs]]
+        merged_labels, merged = merge_pairs(labels, pairs, max_pairs=n_merges, seed=seed)
+        volume = ArrayVolume(
+            merged_labels,
+            resolution=self.gt.resolution,
+            voxel_offset=self.gt.voxel_offset,
+            kind="segmentation",
+        )
+        return volume, merged
+
     @classmethod
     def cut(cls, raw: Volume, gt: Volume, box: Box) -> Region:
         """Read ``box`` of both volumes (so cutouts never see outside it)."""
@@ -318,6 +340,26 @@ class Region:
         )
 
 
+def _head_results(
+    head: Any, true_table: EmbeddingTable, merged_table: EmbeddingTable, min_nodes: int, seed: int
+) -> dict[str, Any]:
+    """``{"merge_head": AUCs, "_head": (merged scores, true scores)}`` of a merge head, or ``{}``."""
+    if head is None:
+        return {}
+    true_scores = head.scores(true_table, min_nodes=min_nodes, seed=seed)
+    merged_scores = head.scores(merged_table, min_nodes=min_nodes, seed=seed)
+    matched = size_matched(merged_scores, true_scores)
+    return {
+        "merge_head": {
+            "auc": roc_auc([s.score for s in merged_scores], [s.score for s in true_scores]),
+            "auc_size_matched": roc_auc([s.score for s in merged_scores], [s.score for s in matched]),
+            "n_merged": len(merged_scores),
+            "n_true": len(true_scores),
+        },
+        "_head": (merged_scores, true_scores),
+    }
+
+
 def evaluate_encoders(
     models: dict[str, SegCLREncoder],
     region: Region,
@@ -331,9 +373,12 @@ def evaluate_encoders(
     batch_size: int = 64,
     precision: str = "auto",
     seed: int = 0,
+    heads: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Retrieval and merge-detection AUC of each encoder on ``region`` (see the module docstring); the
-    skeletons of the true and of the merged segmentation are computed once and shared.
+    skeletons of the true and of the merged segmentation are computed once and shared. ``heads`` maps an
+    encoder's name to a :class:`~connectomix.embed.merges.MergeHead` trained on its embeddings elsewhere;
+    its AUCs are added as ``"merge_head"`` (and its scores as ``"_head"``).
 
     Returns ``{name: results}``, JSON-able except the keys starting with ``_`` (drop them before
     serialising): ``"_merge"`` holds ``(scores, table)`` of the merged segments for :func:`merge_tasks`,
@@ -341,17 +386,9 @@ def evaluate_encoders(
     """
     from connectomix.embed.pairs import skeletonize_segments
 
-    labels = region.gt.read()
-    sizes = dict(zip(*np.unique(labels, return_counts=True), strict=True))
-    pairs = touching_pairs(labels, min_contact=min_contact)
-    if len(pairs):
-        pairs = pairs[[bool(sizes[a] >= min_voxels and sizes[b] >= min_voxels) for a, b, _ in pairs]]
-    merged_labels, merged = merge_pairs(labels, pairs, max_pairs=n_merges, seed=seed)
-    merged_seg = ArrayVolume(
-        merged_labels,
-        resolution=region.gt.resolution,
-        voxel_offset=region.gt.voxel_offset,
-        kind="segmentation",
+    heads = heads or {}
+    merged_seg, merged = region.synthetic_merges(
+        n_merges=n_merges, min_contact=min_contact, min_voxels=min_voxels, seed=seed
     )
     true_graph = skeletonize_segments(region.gt, min_voxels=min_voxels)
     merged_graph = skeletonize_segments(merged_seg, min_voxels=min_voxels)
@@ -381,6 +418,7 @@ def evaluate_encoders(
                 "n_true": len(true_scores),
                 "min_nodes": min_nodes,
             },
+            **_head_results(heads.get(name), true_table, merged_table, min_nodes, seed),
             "n_nodes": len(true_table),
             "n_segments": len(np.unique(true_table.segment_ids)),
             "embed_seconds": sum(e.stats["read_s"] + e.stats["embed_s"] for e in (embedder, merged_embedder)),

@@ -9,6 +9,11 @@ network before training** (its random initialisation, same seed). Merge scores o
 become ``split`` tasks (:func:`~connectomix.embed.evaluate.merge_tasks`) above the threshold that flags
 ``flag_fpr`` of the true bodies.
 
+With ``merge_head`` the trained encoder also gets a supervised merge head
+(:class:`~connectomix.embed.merges.MergeHead`), trained on synthetic merges of the **training** half of
+FIB-25 only (``head_merge_seeds`` disjoint-pair draws of ``n_merges`` merges each, plus its true bodies) and
+scored on the evaluation half like the 2-means R² (``results.trained.merge_head``).
+
 :func:`run_real_evaluation` returns a JSON-able dict; the bench (``bench/embed.py``) runs it at full size and
 ``tests/embed/test_evaluate_real.py`` runs a tiny version.
 """
@@ -23,7 +28,10 @@ from typing import Any
 import numpy as np
 
 from connectomix.embed.evaluate import Region, evaluate_encoders, merge_tasks
-from connectomix.embed.model import EncoderConfig, preset
+from connectomix.embed.infer import Embedder
+from connectomix.embed.merges import MergeHead, contact_distances
+from connectomix.embed.model import EncoderConfig, SegCLREncoder, preset
+from connectomix.embed.pairs import skeletonize_segments
 from connectomix.embed.train import DEFAULT_MAX_PAIR_DISTANCE_NM, TrainingVolume, build_encoder, train_encoder
 from connectomix.errors import InputError
 from connectomix.flag.tasks import Task
@@ -51,6 +59,8 @@ class RealEvaluation:
     n_merges: int = 40
     min_nodes: int = 6
     flag_fpr: float = 0.1
+    merge_head: bool = True
+    head_merge_seeds: int = 2
     seed: int = 0
     precision: str = "auto"
 
@@ -63,6 +73,33 @@ class RealEvaluation:
                 f"training box {train} and evaluation box {test} must lie either side of z = {self.split_z}"
             )
         return train, test
+
+
+def train_merge_head(model: SegCLREncoder, region: Region, s: RealEvaluation) -> MergeHead:
+    """A :class:`MergeHead` for ``model`` from ``region`` (the training half): its true bodies and
+    ``s.head_merge_seeds`` draws of ``s.n_merges`` synthetic merges, embedded as :func:`evaluate_encoders`
+    embeds the evaluation half."""
+    true_graph = skeletonize_segments(region.gt)
+    embed = Embedder(model, region.raw, region.gt, precision=s.precision)  # type: ignore[arg-type]
+    true_tables = [embed.embed_graph(true_graph, spacing_nm=s.spacing_nm)]
+    merged_tables, distances = [], []
+    labels = region.gt.read()
+    for k in range(s.head_merge_seeds):
+        merged_seg, merged = region.synthetic_merges(n_merges=s.n_merges, seed=s.seed + 1000 + k)
+        merged_embed = Embedder(model, region.raw, merged_seg, precision=s.precision)  # type: ignore[arg-type]
+        graph = skeletonize_segments(merged_seg)
+        table = merged_embed.embed_graph(graph, spacing_nm=s.spacing_nm, segment_ids=merged.keys())
+        merged_tables.append(table)
+        distances.append(
+            contact_distances(
+                table,
+                labels,
+                merged,
+                voxel_offset_zyx=region.gt.voxel_offset,
+                resolution_nm_zyx=region.gt.resolution,
+            )
+        )
+    return MergeHead.fit(true_tables, merged_tables, distances, seed=s.seed)
 
 
 def run_real_evaluation(
@@ -97,6 +134,12 @@ def run_real_evaluation(
     )
     seconds["train"] = result.seconds
 
+    heads = {}
+    if s.merge_head:
+        t0 = time.perf_counter()
+        heads["trained"] = train_merge_head(result.model, Region.cut(raw, gt, train_box), s)
+        seconds["merge_head"] = time.perf_counter() - t0
+
     t0 = time.perf_counter()
     region = Region.cut(raw, gt, test_box)
     results = evaluate_encoders(
@@ -108,6 +151,7 @@ def run_real_evaluation(
         min_nodes=s.min_nodes,
         precision=s.precision,
         seed=s.seed,
+        heads=heads,
     )
     seconds["evaluate"] = time.perf_counter() - t0
 
@@ -120,6 +164,7 @@ def run_real_evaluation(
         item.pop("_merge", None)
         item.pop("_true_scores", None)
         item.pop("_tables", None)
+        item.pop("_head", None)
     seconds["total"] = time.perf_counter() - started
     report = {
         "settings": {**asdict(replace(s, config=None)), "config": asdict(s.config)},  # type: ignore[arg-type]
