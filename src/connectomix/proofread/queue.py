@@ -350,6 +350,23 @@ class TaskQueue:
         with self.db.engine.connect() as connection:
             return [TaskEvent(**row._asdict()) for row in connection.execute(query)]
 
+    def completions(self, after: int = 0, *, limit: int | None = None) -> list[tuple[int, QueuedTask]]:
+        """Tasks completed after the ``completed`` event with id ``after``, oldest first, as
+        ``(event_id, task)`` pairs: pass the last event id back as ``after`` to poll for new ones without
+        missing or repeating any (event ids only grow)."""
+        if isinstance(after, bool) or not isinstance(after, int) or after < 0:
+            raise InputError(f"after must be an event id >= 0, got {after!r}")
+        query = (
+            sa.select(EVENTS.c.id.label("event_id"), *TASKS.c)
+            .join(TASKS, TASKS.c.id == EVENTS.c.task_id)
+            .where(EVENTS.c.event == "completed", EVENTS.c.id > after)
+            .order_by(EVENTS.c.id)
+        )
+        if limit is not None:
+            query = query.limit(int(limit))
+        with self.db.engine.connect() as connection:
+            return [(int(row.event_id), _queued_task(row)) for row in connection.execute(query)]
+
     def depth(self) -> int:
         """How many tasks wait to be claimed (queued, or claimed under a lease that has run out)."""
         now = self.clock()

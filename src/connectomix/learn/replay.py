@@ -1,0 +1,210 @@
+"""The replay buffer: earlier ground truth and confident predictions, mixed into every fit so that an
+adapter learns the corrections without forgetting what the base model already did well.
+
+:class:`ReplayBuffer` keeps at most ``capacity`` patches by reservoir sampling (Vitter's algorithm R, seeded),
+so every patch ever offered has the same chance of being kept, however long the stream of corrections.
+Patches come from:
+
+* :func:`ground_truth_patches`: boxes of a volume with validated labels (the base model's training data, or a
+  proofread region), every labelled segment a possible centre;
+* :func:`confident_patches`: boxes of the model's own segmentation where its probability map is certain (few
+  voxels of high binary entropy) and that lie away from every flagged place: the model's behaviour where it
+  was right, kept as a target (a form of self-distillation).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from connectomix.errors import InputError
+from connectomix.flag.entropy import binary_entropy, probability_as_float
+from connectomix.learn.patches import Patch, PatchSource, patch_shape
+from connectomix.segment.models import FFNConfig
+from connectomix.segment.training import training_radius
+from connectomix.volume.box import Box
+
+
+class ReplayBuffer:
+    """At most ``capacity`` patches, a uniform sample of every patch added (reservoir sampling).
+
+    Deterministic given ``seed`` and the order of :meth:`add` calls. :meth:`sample` draws with a caller's
+    generator, so a fit's draw depends only on the fit's own seed.
+    """
+
+    def __init__(self, capacity: int = 256, *, seed: int = 0) -> None:
+        if isinstance(capacity, bool) or not isinstance(capacity, int) or capacity < 1:
+            raise InputError(f"replay capacity must be an integer >= 1, got {capacity!r}")
+        self.capacity = capacity
+        self._rng = np.random.default_rng([int(seed), 11])
+        self._patches: list[Patch] = []
+        self.seen = 0
+
+    def __len__(self) -> int:
+        return len(self._patches)
+
+    @property
+    def patches(self) -> list[Patch]:
+        return list(self._patches)
+
+    def add(self, patch: Patch) -> bool:
+        """Offer ``patch``; True if it is kept (it may later be replaced by a newer one)."""
+        if not isinstance(patch, Patch):
+            raise InputError(f"the replay buffer holds Patch objects, got {type(patch).__name__}")
+        self.seen += 1
+        if len(self._patches) < self.capacity:
+            self._patches.append(patch)
+            return True
+        slot = int(self._rng.integers(0, self.seen))
+        if slot < self.capacity:
+            self._patches[slot] = patch
+            return True
+        return False
+
+    def extend(self, patches: Iterable[Patch]) -> int:
+        """Offer every patch; returns how many were kept."""
+        return sum(self.add(p) for p in patches)
+
+    def sample(self, n: int, rng: np.random.Generator) -> list[Patch]:
+        """``n`` patches drawn uniformly with replacement (an empty list when the buffer is empty)."""
+        if n < 0:
+            raise InputError(f"cannot sample {n} patches")
+        if not self._patches or n == 0:
+            return []
+        picks = rng.integers(0, len(self._patches), size=n)
+        return [self._patches[int(i)] for i in picks]
+
+    def counts(self) -> dict[str, int]:
+        """Patches held per source."""
+        return dict(Counter(p.source for p in self._patches))
+
+
+def _centre_ids(labels: np.ndarray, config: FFNConfig, min_voxels: int | None) -> list[int]:
+    """Segments with at least ``min_voxels`` voxels where an example can be centred (default: 200, or a
+    twentieth of that inner region where it is small)."""
+    radius = training_radius(config)
+    inner = labels[tuple(slice(r, s - r) for r, s in zip(radius, labels.shape, strict=True))]
+    if min_voxels is None:
+        min_voxels = max(1, min(200, inner.size // 20))
+    ids, counts = np.unique(inner, return_counts=True)
+    return [int(i) for i, c in zip(ids, counts, strict=True) if i != 0 and c >= min_voxels]
+
+
+def _random_boxes(region: Box, shape: Sequence[int], n: int, rng: np.random.Generator) -> list[Box]:
+    if any(s > r for s, r in zip(shape, region.shape, strict=True)):
+        raise InputError(f"patches of {tuple(shape)} voxels do not fit in the region {region}")
+    starts = [
+        rng.integers(lo, hi - s + 1, size=n)
+        for lo, hi, s in zip(region.start, region.stop, shape, strict=True)
+    ]
+    return [Box.from_shape(shape, (int(z), int(y), int(x))) for z, y, x in zip(*starts, strict=True)]
+
+
+def ground_truth_patches(
+    raw: np.ndarray,
+    labels: np.ndarray,
+    config: FFNConfig,
+    *,
+    n: int,
+    seed: int = 0,
+    shape_zyx: Sequence[int] | None = None,
+    region: Box | None = None,
+    min_voxels: int | None = None,
+    source: PatchSource = "ground-truth",
+) -> list[Patch]:
+    """``n`` patches at uniformly random places of ``region`` (default: all) of validated ``labels``.
+
+    ``raw`` and ``labels`` are ``(z, y, x)`` arrays of one shape (offset 0). A segment is a centre id when
+    at least ``min_voxels`` of its voxels lie where an example can be centred (default 200, or a
+    twentieth of that region in small patches); boxes with none are
+    redrawn (at most ``4 n`` draws in all).
+    """
+    raw, labels = np.asarray(raw), np.asarray(labels)
+    if raw.shape != labels.shape or raw.ndim != 3:
+        raise InputError(f"raw {raw.shape} and labels {labels.shape} must be 3-D arrays of one shape")
+    shape = tuple(int(s) for s in (shape_zyx or patch_shape(config)))
+    region = (
+        Box.from_shape(labels.shape) if region is None else region.intersect(Box.from_shape(labels.shape))
+    )
+    rng = np.random.default_rng([int(seed), 12])
+    patches: list[Patch] = []
+    for box in _random_boxes(region, shape, 4 * n, rng):
+        if len(patches) == n:
+            break
+        cut = np.ascontiguousarray(labels[box.to_slices()])
+        ids = _centre_ids(cut, config, min_voxels)
+        if ids:
+            patches.append(
+                Patch(np.ascontiguousarray(raw[box.to_slices()]), cut, tuple(ids), box, source=source)
+            )
+    return patches
+
+
+def confident_patches(
+    raw: np.ndarray,
+    segmentation: np.ndarray,
+    probability: np.ndarray,
+    config: FFNConfig,
+    *,
+    n: int,
+    seed: int = 0,
+    avoid_zyx: Sequence[Sequence[int]] | np.ndarray = (),
+    avoid_radius: int = 24,
+    max_hot_fraction: float = 0.02,
+    hot_entropy_bits: float = 0.5,
+    shape_zyx: Sequence[int] | None = None,
+    min_voxels: int | None = None,
+) -> list[Patch]:
+    """Up to ``n`` patches of the model's own ``segmentation`` where it was sure of itself.
+
+    ``probability`` is the FFN's map (uint8 quantised with 0 = never explored, or float in [0, 1] with NaN);
+    a box qualifies when at most ``max_hot_fraction`` of its explored voxels have binary entropy above
+    ``hot_entropy_bits`` and it holds none of the ``avoid_zyx`` points (flagged places, (z, y, x) voxels)
+    within ``avoid_radius`` voxels of its faces. Boxes are drawn at random (at most ``8 n`` draws).
+    """
+    raw, seg = np.asarray(raw), np.asarray(segmentation)
+    if not (raw.shape == seg.shape == np.shape(probability)) or raw.ndim != 3:
+        raise InputError(
+            f"raw {raw.shape}, segmentation {seg.shape} and probability {np.shape(probability)} must be 3-D "
+            "arrays of one shape"
+        )
+    if not 0.0 <= max_hot_fraction <= 1.0:
+        raise InputError(f"max_hot_fraction must be in [0, 1], got {max_hot_fraction}")
+    shape = tuple(int(s) for s in (shape_zyx or patch_shape(config)))
+    avoid = np.asarray(avoid_zyx, dtype=np.int64).reshape(-1, 3)
+    rng = np.random.default_rng([int(seed), 13])
+    patches: list[Patch] = []
+    for box in _random_boxes(Box.from_shape(seg.shape), shape, 8 * n, rng):
+        if len(patches) == n:
+            break
+        grown = box.pad(avoid_radius)
+        if len(avoid) and np.any(
+            np.all((avoid >= np.asarray(grown.start)) & (avoid < np.asarray(grown.stop)), axis=1)
+        ):
+            continue
+        prob = probability_as_float(np.asarray(probability[box.to_slices()]))
+        explored = np.isfinite(prob)
+        if not explored.any():
+            continue
+        hot = binary_entropy(prob[explored]) > hot_entropy_bits
+        if hot.mean() > max_hot_fraction:
+            continue
+        cut = np.ascontiguousarray(seg[box.to_slices()])
+        ids = _centre_ids(cut, config, min_voxels)
+        if ids:
+            patches.append(
+                Patch(
+                    np.ascontiguousarray(raw[box.to_slices()]),
+                    cut,
+                    tuple(ids),
+                    box,
+                    source="confident",
+                    info={"hot_fraction": float(hot.mean())},
+                )
+            )
+    return patches
+
+
+__all__ = ["ReplayBuffer", "confident_patches", "ground_truth_patches"]
