@@ -14,7 +14,7 @@ from connectomix.volume import open_volume
 
 def test_demo_on_synthetic_volume(tmp_path, capsys):
     out = tmp_path / "demo"
-    code = main(["demo", "--out", str(out), "--size", "64", "--seed", "1"])
+    code = main(["demo", "--out", str(out), "--size", "64", "--seed", "1", "--no-loop"])
     captured = capsys.readouterr()
     assert code == 0, captured.err
     assert "VI total" in captured.out

@@ -19,6 +19,7 @@ from rich.table import Table
 from connectomix.cli.analyze import analyze_app
 from connectomix.cli.embed import embed_app
 from connectomix.cli.flag import flag_command
+from connectomix.cli.learn import lineage_command, list_command, loop_command, rollback_command
 from connectomix.cli.model import model_app
 from connectomix.cli.ops import metrics_app, plan_command, runs_command, stream_command
 from connectomix.cli.parsing import (
@@ -43,6 +44,9 @@ app = typer.Typer(
 data_app = typer.Typer(help="Volumes: list the named datasets, inspect any volume URL, import into zarr.")
 app.add_typer(data_app, name="data", no_args_is_help=True)
 app.add_typer(model_app, name="model", no_args_is_help=True)
+model_app.command("list")(list_command)
+model_app.command("lineage")(lineage_command)
+model_app.command("rollback")(rollback_command)
 app.add_typer(segment_app, name="segment", no_args_is_help=True)
 app.command("flag")(flag_command)
 app.add_typer(proofread_app, name="proofread", no_args_is_help=True)
@@ -54,6 +58,7 @@ app.add_typer(metrics_app, name="metrics", no_args_is_help=True)
 app.command("stream")(stream_command)
 app.command("plan")(plan_command)
 app.command("runs")(runs_command)
+app.command("loop")(loop_command)
 
 console = Console()
 
@@ -192,11 +197,17 @@ def demo_command(
     ),
     size: Annotated[int, typer.Option(help="Edge of the synthetic cube in voxels.")] = 128,
     seed: Annotated[int, typer.Option(help="Seed of the synthetic volume.")] = 0,
+    loop: Annotated[
+        bool, typer.Option("--loop/--no-loop", help="Synthetic data: also run the short learning loop.")
+    ] = True,
 ) -> None:
-    """The end-to-end path as it stands: data → baseline segmentation → evaluation → report."""
+    """The end-to-end path: data → baseline segmentation → evaluation → report; on synthetic data also the
+    closed learning loop (segment → flag → proofread → fit an adapter → gate → re-segment held-out data)."""
     from connectomix.run.demo import run_demo
 
-    report = run_demo(data=data, out_dir=out, size=size, seed=seed)
+    if loop and data == "synthetic":
+        console.print("baseline, then the learning loop (Google's FIB-25 model on a synthetic volume) …")
+    report = run_demo(data=data, out_dir=out, size=size, seed=seed, loop=loop, log=console.print)
     scores = report["scores"]
     table = Table(title=f"connectomix demo: {report['data']} {tuple(report['shape_zyx'])} voxels (z,y,x)")
     table.add_column("step")
@@ -215,6 +226,19 @@ def demo_command(
         table.add_row(
             f"reference {report['reference']['name']} VI / ARAND", f"{ref['vi']:.3f} / {ref['arand']:.3f}"
         )
+    if "loop" in report:
+        result = report["loop"]
+        table.add_row(
+            "learning loop: corrected tasks (edits)", f"{result['corrections']} ({result['edits']})"
+        )
+        table.add_row(
+            "learning loop: VI on held-out C before → after",
+            f"{result['vi_before']:.3f} → {result['vi_after']:.3f} "
+            f"({-100 * result['vi_drop_fraction']:+.1f} %)",
+        )
+        table.add_row("learning loop: served model", result["served"])
+    elif "loop_skipped" in report:
+        table.add_row("learning loop", f"skipped: {report['loop_skipped']}")
     table.add_row("report", str(report["paths"]["report"]))
     table.add_row("figure", str(report["paths"]["figure"]))
     console.print(table)

@@ -12,7 +12,9 @@ from rich.table import Table
 
 from connectomix.cli.parsing import parse_triple
 
-model_app = typer.Typer(help="FFN model files: import TensorFlow checkpoints, inspect safetensors models.")
+model_app = typer.Typer(
+    help="FFN models and the weights registry: import TF checkpoints, inspect, versions, lineage, rollback."
+)
 console = Console()
 
 

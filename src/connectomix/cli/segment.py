@@ -177,7 +177,12 @@ def train_boundary_command(
 @segment_app.command("run")
 def run_command(
     raw: Annotated[str, typer.Argument(help="EM volume URL or dataset (uint8), e.g. fib25-ts2/raw.")],
-    model: Annotated[str, typer.Option(help="FFN .safetensors model, or 'baseline'.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="FFN .safetensors model, registry:NAME (served version), registry:NAME:vN, or 'baseline'."
+        ),
+    ],
     out: Annotated[str, typer.Option(help="Output zarr://PATH (uint64 ids); maps are written beside it.")],
     box: Annotated[str | None, typer.Option(help="Only X0,Y0,Z0:X1,Y1,Z1 (voxels, stop exclusive).")] = None,
     precision: Annotated[str, typer.Option(help=PRECISION_HELP)] = "auto",
@@ -257,7 +262,12 @@ def run_command(
             compile=compile_model,
             consensus=consensus,
         )
-        ffn = load_model(model, device="cpu")
+        if model.startswith("registry:"):
+            from connectomix.cli.learn import load_registry_model
+
+            ffn = load_registry_model(model, workspace, db)
+        else:
+            ffn = load_model(model, device="cpu")
         segmenter = ffn_segmenter(ffn, options)
         default_overlap = segmenter.recommended_overlap_zyx or (24, 24, 24)
     overlap_zyx = parse_triple(overlap, "--overlap", minimum=0) if overlap else default_overlap

@@ -220,14 +220,15 @@ class ContinualLearner:
         *,
         epochs: int = 3,
         examples_per_patch: int = 1,
+        max_steps: int | None = None,
         progress: bool = False,
     ) -> FitResult:
         """Train the adapter on ``patches`` (correction patches) for ``epochs``, mixed with replay.
 
         Each epoch visits every patch ``examples_per_patch`` times in a random order and adds
         ``round(n · f / (1 - f))`` replay examples (``f`` = ``replay_fraction``) at random positions; each
-        example is trained on for up to ``max_fovs_per_example`` FOVs. Returns the adapter after the fit (the
-        learner keeps training it on the next call).
+        example is trained on for up to ``max_fovs_per_example`` FOVs. ``max_steps`` stops the fit early
+        (a time budget). Returns the adapter after the fit (the learner keeps training it on the next call).
         """
         if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
             raise InputError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -237,6 +238,10 @@ class ContinualLearner:
             or examples_per_patch < 1
         ):
             raise InputError(f"examples_per_patch must be an integer >= 1, got {examples_per_patch!r}")
+        if max_steps is not None and (
+            isinstance(max_steps, bool) or not isinstance(max_steps, int) or max_steps < 1
+        ):
+            raise InputError(f"max_steps must be an integer >= 1 or None, got {max_steps!r}")
         patches = list(patches)
         if not patches:
             raise InputError("fit needs at least one patch")
@@ -248,7 +253,7 @@ class ContinualLearner:
         started = time.perf_counter()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(rng.integers(0, 2**31 - 1)))
-            losses, fovs = self._train(plan, rng, progress)
+            losses, fovs = self._train(plan, rng, progress, max_steps)
         self.fits += 1
         corrections = [p for p in patches]
         return FitResult(
@@ -302,7 +307,7 @@ class ContinualLearner:
             )
 
     def _train(
-        self, plan: list[tuple[Patch, bool]], rng: np.random.Generator, progress: bool
+        self, plan: list[tuple[Patch, bool]], rng: np.random.Generator, progress: bool, max_steps: int | None
     ) -> tuple[list[float], int]:
         from connectomix.progress import track
 
@@ -319,7 +324,9 @@ class ContinualLearner:
         bar = track(itertools.count(), "fitting adapter", total=expected, enabled=progress)
         self.model.train()
         try:
-            for _ in bar:
+            for step in bar:
+                if max_steps is not None and step >= max_steps:
+                    break
                 active: list[tuple[int, _Stream]] = []
                 for b in range(self.batch_size):
                     while streams[b] is not None and streams[b].next_offset(config, self.max_fovs) is None:  # type: ignore[union-attr]

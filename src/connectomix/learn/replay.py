@@ -92,6 +92,13 @@ def _centre_ids(labels: np.ndarray, config: FFNConfig, min_voxels: int | None) -
     return [int(i) for i, c in zip(ids, counts, strict=True) if i != 0 and c >= min_voxels]
 
 
+def _shape(shape_zyx: Sequence[int] | None, config: FFNConfig, region: Box) -> tuple[int, ...]:
+    """``shape_zyx``, or the default patch shape cut to ``region`` where that is smaller."""
+    if shape_zyx is not None:
+        return tuple(int(s) for s in shape_zyx)
+    return tuple(min(p, r) for p, r in zip(patch_shape(config), region.shape, strict=True))
+
+
 def _random_boxes(region: Box, shape: Sequence[int], n: int, rng: np.random.Generator) -> list[Box]:
     if any(s > r for s, r in zip(shape, region.shape, strict=True)):
         raise InputError(f"patches of {tuple(shape)} voxels do not fit in the region {region}")
@@ -124,10 +131,10 @@ def ground_truth_patches(
     raw, labels = np.asarray(raw), np.asarray(labels)
     if raw.shape != labels.shape or raw.ndim != 3:
         raise InputError(f"raw {raw.shape} and labels {labels.shape} must be 3-D arrays of one shape")
-    shape = tuple(int(s) for s in (shape_zyx or patch_shape(config)))
     region = (
         Box.from_shape(labels.shape) if region is None else region.intersect(Box.from_shape(labels.shape))
     )
+    shape = _shape(shape_zyx, config, region)
     rng = np.random.default_rng([int(seed), 12])
     patches: list[Patch] = []
     for box in _random_boxes(region, shape, 4 * n, rng):
@@ -172,7 +179,7 @@ def confident_patches(
         )
     if not 0.0 <= max_hot_fraction <= 1.0:
         raise InputError(f"max_hot_fraction must be in [0, 1], got {max_hot_fraction}")
-    shape = tuple(int(s) for s in (shape_zyx or patch_shape(config)))
+    shape = _shape(shape_zyx, config, Box.from_shape(seg.shape))
     avoid = np.asarray(avoid_zyx, dtype=np.int64).reshape(-1, 3)
     rng = np.random.default_rng([int(seed), 13])
     patches: list[Patch] = []

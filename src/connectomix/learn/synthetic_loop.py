@@ -1,0 +1,80 @@
+"""The short loop of ``make demo`` and ``cx loop --data synthetic``: Google's FIB-25 model meets a new volume.
+
+The situation every lab is in: a model trained on one dataset (Google's FFN, trained on FIB-25) segments a
+volume it has never seen, here a synthetic EM volume (:func:`~connectomix.volume.synthetic.make_synthetic`,
+10 nm voxels, exact ground truth) whose membranes, noise and texture differ from FIB-25's. The model merges
+across the new volume's membranes; flagging finds the places, the simulated proofreaders fix them, the
+continual learner fits an adapter on the corrections, the registry gates it on region B and region C,
+never seen by the learner or the gate, says whether it helped.
+
+Why not a model trained from scratch on synthetic data: an FFN needs hundreds of thousands of steps to learn
+to follow its seed (the first thousand only learn the label prior), far more than a demo can spend on two
+CPU cores; a real model adapting to a real shift of domain is also the case the loop is for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from connectomix.learn.loop import LoopData, LoopRegions, LoopSettings
+from connectomix.segment.inference import InferenceOptions
+from connectomix.segment.models import FFNModel
+from connectomix.volume.box import Box
+
+#: The synthetic volume (z, y, x voxels of 10 nm) and its three disjoint regions: A (proofread)
+#: 72 × 128 × 64, B (gate) and C (held-out test) 72 × 64 × 64 (72 ≥ one training example of Google's model,
+#: fov 33 + 2 · delta 8 = 49 voxels, with room to move).
+SYNTHETIC_SHAPE = (72, 128, 192)
+SYNTHETIC_REGIONS = LoopRegions(
+    a=Box((0, 0, 0), (72, 128, 64)),
+    b=Box((0, 0, 64), (72, 64, 128)),
+    c=Box((0, 64, 128), (72, 128, 192)),
+)
+
+
+def synthetic_settings(seed: int = 0) -> LoopSettings:
+    """The demo's loop: 40 corrected tasks, fitted and scored after 20 and 40; 3 epochs per fit."""
+    return LoopSettings(
+        corrections=40,
+        curve=(20,),
+        epochs=3,
+        max_fovs_per_example=2,
+        lr=2e-3,
+        confident_patches=10,
+        top_fraction=0.05,
+        flag_chunk=32,
+        seed=seed,
+    )
+
+
+def synthetic_loop_data(
+    seed: int = 0, precision: str = "auto"
+) -> tuple[FFNModel, LoopData, InferenceOptions]:
+    """Google's imported FIB-25 model (NotFoundError without the reference data), a synthetic volume of
+    :data:`SYNTHETIC_SHAPE` made with ``seed`` and its regions, and the inference options (Google's FIB-25
+    settings with a minimum object size of 200 voxels, for the small regions)."""
+    from connectomix.errors import NotFoundError
+    from connectomix.segment.models import FFNConfig
+    from connectomix.segment.precision import resolve_precision
+    from connectomix.segment.tf_import import import_tf_checkpoint
+    from connectomix.volume.datasets import data_dir
+    from connectomix.volume.synthetic import make_synthetic
+
+    root = data_dir()
+    checkpoint = None if root is None else root / "reference" / "google_ffn_fib25" / "model.ckpt-27465036"
+    if checkpoint is None or not checkpoint.with_name(checkpoint.name + ".index").is_file():
+        raise NotFoundError(
+            "the synthetic loop adapts Google's FIB-25 model, which was not found: set CX_DATA_DIR or place "
+            "shared/testdata (reference/google_ffn_fib25) beside the repository"
+        )
+    model = import_tf_checkpoint(checkpoint, FFNConfig())
+    volume = make_synthetic(SYNTHETIC_SHAPE, seed=int(seed) + 2)
+    info: dict[str, Any] = {"volume": f"make_synthetic({SYNTHETIC_SHAPE}, seed={int(seed) + 2})"}
+    data = LoopData(
+        "synthetic", volume.raw, volume.gt, tuple(volume.resolution_nm_zyx), SYNTHETIC_REGIONS, info=info
+    )  # type: ignore[arg-type]
+    options = InferenceOptions(min_segment_size=200, precision=resolve_precision(precision))  # type: ignore[arg-type]
+    return model, data, options
+
+
+__all__ = ["SYNTHETIC_REGIONS", "SYNTHETIC_SHAPE", "synthetic_loop_data", "synthetic_settings"]
