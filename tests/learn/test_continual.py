@@ -191,3 +191,21 @@ def test_bad_arguments_raise_one_line_errors(volume) -> None:
         )
     with pytest.raises(InputError, match="Patch objects"):
         learner.fit([np.zeros((3, 3, 3))])  # type: ignore[list-item]
+
+
+def test_unknown_voxels_are_left_out_of_the_loss() -> None:
+    from connectomix.learn.continual import _masked_loss
+
+    model = base_model()
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 1, 5, 5, 5, generator=g)
+    target = (torch.rand(2, 1, 5, 5, 5, generator=g) > 0.5).float() * 0.9 + 0.05
+    everything = np.ones((2, 5, 5, 5), bool)
+    assert torch.equal(
+        _masked_loss(model, logits, None, target, everything), _loss(model, logits, None, target)[0]
+    )
+    known = np.zeros((2, 5, 5, 5), bool)
+    known[0, :2] = True
+    per_voxel = torch.nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    expected = per_voxel[0, 0, :2].mean()
+    assert torch.allclose(_masked_loss(model, logits, None, target, known), expected)

@@ -108,6 +108,28 @@ def test_split_task_on_one_body_is_correct() -> None:
     )
 
 
+def test_unassigned_gap_inside_one_body_is_merged_across() -> None:
+    gt = three_bodies()
+    seg = gt.copy()
+    seg[..., :18], seg[..., 18:23], seg[..., 23:40] = 11, 0, 12  # body 1 stopped early: a gap at x 18-22
+    task = Task.create("unassigned", (20, 10, 10), (), 1.0)
+    decision = decide(task, seg, gt)
+    assert decision.action == "merge" and set(decision.segment_ids) == {11, 12}
+    (xa, ya, za), (xb, yb, zb) = decision.points_xyz
+    assert seg[za, ya, xa] == decision.segment_ids[0] and seg[zb, yb, xb] == decision.segment_ids[1]
+    assert abs(xa - 20) <= 3 and abs(xb - 20) <= 3  # the voxels nearest the task's point
+    # a gap between two different bodies is left as it is
+    seg = gt.copy()
+    seg[..., 38:42] = 0
+    assert decide(Task.create("unassigned", (40, 10, 10), (), 1.0), seg, gt).action == "correct"
+    # gap_reach 0: unassigned tasks are never acted on
+    seg = gt.copy()
+    seg[..., :18], seg[..., 18:23], seg[..., 23:40] = 11, 0, 12
+    assert decide(task, seg, gt, ProofreaderModel(gap_reach=0)).action == "correct"
+    with pytest.raises(InputError, match="gap_reach"):
+        ProofreaderModel(gap_reach=-1)
+
+
 def test_task_whose_segments_were_already_merged_is_correct() -> None:
     gt = three_bodies()
     seg = gt.copy()

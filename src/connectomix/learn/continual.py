@@ -10,7 +10,10 @@ loss for models with an uncertainty head). What is new here is where examples co
   centred in its ``centre_ids`` (the segments the proofreader checked), balanced over the same-label-fraction
   bins of :func:`~connectomix.segment.training.compute_partitions` so boundary-near centres are not swamped;
 * a share ``replay_fraction`` of all examples comes from the :class:`~connectomix.learn.replay.ReplayBuffer`
-  (earlier ground truth, confident predictions, earlier corrections).
+  (earlier ground truth, confident predictions, earlier corrections);
+* in correction and confident patches, voxels labelled 0 (left unassigned by the segmentation, never checked)
+  are *unknown*, not background: they are left out of the loss, so a gap the proofreader merged across does
+  not teach the model to stop at it. In ground-truth patches 0 is validated background and is trained on.
 
 Why LoRA on the *last* modules only (default: the last 4 module groups, :func:`default_lora_config`): the
 gradient then stops there, so the backward pass costs a fraction of full fine-tuning on a CPU, and a few
@@ -342,9 +345,15 @@ class ContinualLearner:
                 image_t = torch.from_numpy(image[:, None]).to(device)
                 seed_t = torch.from_numpy(seed[:, None]).to(device)
                 target_t = torch.from_numpy(target[:, None]).to(device)
+                known = np.stack(
+                    [
+                        (s.example.labels[w] != 0) | (plan[s.index][0].source == "ground-truth")
+                        for (_, s), w in zip(active, windows, strict=True)
+                    ]
+                )
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                     logits, log_variance = self.model.predict(image_t, seed_t)
-                loss, _ = _loss(self.model, logits, log_variance, target_t)
+                loss = _masked_loss(self.model, logits, log_variance, target_t, known)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.clip is not None:
@@ -360,6 +369,29 @@ class ContinualLearner:
             for p in params:
                 p.requires_grad_(False)
         return losses, fovs
+
+
+def _masked_loss(
+    model: FFNModel,
+    logits: torch.Tensor,
+    log_variance: torch.Tensor | None,
+    target: torch.Tensor,
+    known: np.ndarray,
+) -> torch.Tensor:
+    """The FFN training loss (:func:`~connectomix.segment.training._loss`) averaged over the ``known`` voxels
+    only (bool, ``(batch, z, y, x)``); the plain loss when every voxel is known."""
+    if known.all():
+        return _loss(model, logits, log_variance, target)[0]
+    weight = torch.from_numpy(known[:, None].astype(np.float32)).to(target.device)
+    if model.has_uncertainty and log_variance is not None:
+        from connectomix.segment.inception import heteroscedastic_bce
+
+        per_voxel = heteroscedastic_bce(logits, log_variance, target, reduction="none")
+    else:
+        per_voxel = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), target, reduction="none"
+        )
+    return (per_voxel * weight).sum() / weight.sum().clamp_min(1.0)
 
 
 __all__ = ["ContinualLearner", "FitResult", "default_lora_config"]

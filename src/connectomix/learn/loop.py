@@ -86,12 +86,12 @@ class LoopSettings:
     cumulative task counts after which an adapter is fitted and scored (``corrections`` is always the
     last); ``epochs``, ``examples_per_patch``, ``max_fovs_per_example``, ``replay_fraction``, ``lr``,
     ``lora_last`` (None: the last 4 module groups), ``lora_rank``: the learner
-    (:class:`ContinualLearner`); ``confident_patches``: replay
-    patches drawn from A's confident places; ``top_fraction`` and ``flag_chunk``: the flagging;
+    (:class:`ContinualLearner`); ``confident_patches``: replay patches drawn from A's confident places;
+    ``top_fraction``, ``flag_chunk`` and ``flag_nms_radius``: the flagging;
     ``users``: simulated proofreaders; ``min_improvement``: the gate's margin (VI bits)."""
 
     corrections: int = 200
-    curve: tuple[int, ...] = (50, 100)
+    curve: tuple[int, ...] = (30, 60)
     epochs: int = 2
     examples_per_patch: int = 1
     max_fovs_per_example: int = 2
@@ -100,8 +100,9 @@ class LoopSettings:
     lora_last: int | None = None
     lora_rank: int = 4
     confident_patches: int = 50
-    top_fraction: float = 0.02
+    top_fraction: float = 0.05
     flag_chunk: int = 32
+    flag_nms_radius: float = 10.0
     users: int = 4
     min_improvement: float = 0.0
     seed: int = 0
@@ -217,6 +218,7 @@ def run_loop(
         resolution_nm_xyz=res_xyz,
         top_fraction=settings.top_fraction,
         chunk_zyx=(settings.flag_chunk,) * 3,
+        nms_radius_voxels=settings.flag_nms_radius,
     )
     timing["flag_seconds"] = time.perf_counter() - tick
     say(f"A {regions.a}: VI {score_a['vi']:.3f}, {len(tasks)} tasks flagged")

@@ -130,7 +130,8 @@ def patches_from_tasks(
     (default: the whole volume). Centre ids are the current segments at the voxels the task names (its point,
     its merge points or split seeds, and those of the answer), plus the ids its edit created. Tasks that name
     no segment after the edit (an unassigned region left unassigned) give no patch. Edit ids are the
-    result's ``edit_id``.
+    result's ``edit_id``. For an unassigned-region task the segments around
+    the region (its ``neighbour_ids``, where they still exist) are centre ids too.
     """
     read_labels, bounds = _reader(labels, "labels")
     read_raw, raw_bounds = _reader(raw, "raw")
@@ -162,6 +163,8 @@ def patches_from_tasks(
         ids = {int(cut[tuple(p - s for p, s in zip(pt, box.start, strict=True))])
                for pt in _points_of(task, result) if box.contains_point(pt)}  # fmt: skip
         ids |= {int(i) for i in result.get("new_ids") or []}
+        # an unassigned region's neighbours: the proofreader judged the gap between them
+        ids |= {int(i) for i in (task.evidence or {}).get("neighbour_ids") or []}
         ids &= {int(i) for i in np.unique(cut)}
         ids.discard(0)
         if not ids:

@@ -9,7 +9,10 @@ The rules are those of a careful human with the ground truth in mind:
   bodies of at least ``min_split_fraction`` of its labelled voxels (and ``min_split_voxels``) each, with
   one seed deep inside each of the two largest (the voxel farthest from the body's boundary within the
   segment), so the cut follows the ground-truth boundary wherever the edit's watershed can see it;
-* anything else (and every unassigned-region task) is marked correct as it is.
+* **unassigned task** (an unassigned region with an uncertain fringe, the FFN's way of stopping early): the
+  segments within ``gap_reach`` voxels of the task's point are looked at; when two of them belong mostly to
+  the same ground-truth body (as for a merge task), the two largest such are merged across the gap;
+* anything else is marked correct as it is.
 
 Only a window of :data:`WINDOW_HALF_XYZ` voxels around the task's point is looked at, as a person looks at
 the neighbourhood of the point a task shows them.
@@ -58,7 +61,8 @@ class ProofreaderModel:
     on it (0 = every task takes exactly ``seconds_per_task``); ``error_rate``: probability in [0, 1] that
     an answer is flipped; ``majority``: fraction of each segment's labelled voxels its majority body must
     hold for a merge; ``min_split_fraction`` / ``min_split_voxels``: how much of a segment the second body
-    must hold for a split.
+    must hold for a split; ``gap_reach``: how far (voxels, Chebyshev) from an unassigned task's point the
+    segments on either side of the gap are looked for (0: unassigned tasks are always correct as they are).
     """
 
     seconds_per_task: float = 30.0
@@ -67,6 +71,7 @@ class ProofreaderModel:
     majority: float = 0.5
     min_split_fraction: float = 0.1
     min_split_voxels: int = 50
+    gap_reach: int = 8
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.seconds_per_task) and self.seconds_per_task >= 0):
@@ -83,6 +88,10 @@ class ProofreaderModel:
             isinstance(self.min_split_voxels, int | np.integer) and self.min_split_voxels >= 1
         ):
             raise InputError(f"min_split_voxels must be an integer >= 1, got {self.min_split_voxels!r}")
+        if isinstance(self.gap_reach, bool) or not (
+            isinstance(self.gap_reach, int | np.integer) and self.gap_reach >= 0
+        ):
+            raise InputError(f"gap_reach must be an integer >= 0 voxels, got {self.gap_reach!r}")
 
 
 @dataclass(frozen=True)
@@ -271,7 +280,43 @@ def decide(
             sinks_xyz=(sink,),
             reason=f"bodies {big[0]} and {big[1]}",
         )
+    if task.kind == "unassigned" and model.gap_reach > 0:
+        return _across_gap(task, seg, gt, start_zyx, model)
     return Decision("correct", ids_of_task, reason=f"{task.kind} task")
+
+
+def _across_gap(
+    task: Any, seg: np.ndarray, gt: np.ndarray, start_zyx: Sequence[int], model: ProofreaderModel
+) -> Decision:
+    """An unassigned task: merge the two largest segments near the point that are one ground-truth body."""
+    x, y, z = (int(v) for v in task.point_xyz)
+    centre = np.array([z, y, x]) - np.asarray(start_zyx)
+    near = tuple(slice(max(0, int(c) - model.gap_reach), int(c) + model.gap_reach + 1) for c in centre)
+    ids, counts = np.unique(seg[near], return_counts=True)
+    order = np.argsort(-counts, kind="stable")
+    by_body: dict[int, list[int]] = {}
+    for i in order:
+        segment = int(ids[i])
+        if segment == 0:
+            continue
+        body, fraction, _ = _majority(gt, seg == segment)
+        if body != 0 and fraction >= model.majority:
+            by_body.setdefault(body, []).append(segment)
+    pairs = [(body, segs[:2]) for body, segs in by_body.items() if len(segs) >= 2]
+    if not pairs:
+        return Decision("correct", (), reason="no ground-truth body on both sides of the gap")
+    body, (a, b) = pairs[0]
+    points = []
+    for segment in (a, b):  # the voxel of each segment nearest the task's point
+        coords = np.argwhere(seg == segment)
+        nearest = coords[int(np.argmin(((coords - centre) ** 2).sum(axis=1)))]
+        points.append(tuple(int(v) for v in (nearest + np.asarray(start_zyx))[::-1]))
+    return Decision(
+        "merge",
+        (a, b),
+        points_xyz=tuple(points),
+        reason=f"both sides of the gap are body {body}",  # type: ignore[arg-type]
+    )
 
 
 def _flip(decision: Decision) -> Decision:
