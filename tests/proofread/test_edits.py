@@ -164,6 +164,38 @@ def chunk_files(path: Path) -> dict[str, tuple[int, str]]:
     }
 
 
+def test_paint_gives_unassigned_voxels_to_a_segment_and_undoes(database_url, tmp_path) -> None:
+    labels = block_labels()
+    labels[20:40, 20:40, 28:36] = 0  # a hole across the 10 | 30 border (x = 32), spanning chunks
+    url = write_zarr(tmp_path / "holes.zarr", labels)
+    with new_log(database_url, tmp_path, url) as log:
+        box = Box((16, 16, 24), (44, 44, 40))
+        mask = np.zeros(box.shape, bool)
+        mask[:, :, :] = True  # the whole box: only its unassigned voxels may change
+        edit = log.paint(10, box, mask, user="ana", point_xyz=(30, 30, 30))
+        (new,) = edit.new_ids
+        after = log.read()
+        hole = np.zeros(labels.shape, bool)
+        hole[20:40, 20:40, 28:36] = True
+        assert np.all(after[hole] == new)  # every unassigned voxel of the box joined the segment
+        assert np.all(after[labels == 10] == new)  # the segment itself has the new id
+        untouched = ~hole & (labels != 10)
+        np.testing.assert_array_equal(after[untouched], labels[untouched])  # assigned voxels never change
+        assert edit.operation == "paint" and edit.inputs["voxels"] == int(hole.sum())
+        assert log.lineage(10).descendants == (new,)
+        log.undo(user="ana")
+        np.testing.assert_array_equal(log.read(), labels)
+        log.redo(user="ana")
+        np.testing.assert_array_equal(log.read(), after)
+        with pytest.raises(InputError, match="no unassigned voxel"):
+            log.paint(new, box, mask, user="ana")
+        with pytest.raises(InputError, match="bool array"):
+            log.paint(new, box, mask[:-1], user="ana")
+        with pytest.raises(InputError, match="outside the volume"):
+            log.paint(new, Box((60, 60, 90), (70, 70, 100)), np.ones((10, 10, 10), bool), user="ana")
+        assert log.version == 3
+
+
 def test_an_edit_rewrites_only_the_chunks_it_touches(tmp_path, blocks) -> None:
     _, url = blocks
     with new_log(f"sqlite:///{tmp_path / 'cx.db'}", tmp_path, url) as log:

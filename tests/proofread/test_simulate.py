@@ -118,16 +118,33 @@ def test_unassigned_gap_inside_one_body_is_merged_across() -> None:
     (xa, ya, za), (xb, yb, zb) = decision.points_xyz
     assert seg[za, ya, xa] == decision.segment_ids[0] and seg[zb, yb, xb] == decision.segment_ids[1]
     assert abs(xa - 20) <= 3 and abs(xb - 20) <= 3  # the voxels nearest the task's point
-    # a gap between two different bodies is left as it is
+    # a gap between two different bodies is not merged across (without painting it is left as it is)
     seg = gt.copy()
     seg[..., 38:42] = 0
-    assert decide(Task.create("unassigned", (40, 10, 10), (), 1.0), seg, gt).action == "correct"
+    between = Task.create("unassigned", (40, 10, 10), (), 1.0)
+    assert decide(between, seg, gt, ProofreaderModel(paint_unassigned=False)).action == "correct"
+    assert decide(between, seg, gt).action == "paint"
     # gap_reach 0: unassigned tasks are never acted on
     seg = gt.copy()
     seg[..., :18], seg[..., 18:23], seg[..., 23:40] = 11, 0, 12
     assert decide(task, seg, gt, ProofreaderModel(gap_reach=0)).action == "correct"
     with pytest.raises(InputError, match="gap_reach"):
         ProofreaderModel(gap_reach=-1)
+
+
+def test_unassigned_part_of_a_body_is_painted_into_its_segment() -> None:
+    gt = three_bodies()
+    seg = gt.copy()
+    seg[..., 30:40] = 0  # body 1's segment stopped early at x = 30
+    task = Task.create("unassigned", (33, 10, 10), (), 1.0)
+    decision = decide(task, seg, gt)
+    assert decision.action == "paint" and decision.segment_ids == (1,)
+    box, mask = decision.paint_box, decision.paint_mask
+    assert box is not None and mask is not None and mask.shape == tuple(box.shape)
+    painted = np.zeros(gt.shape, bool)
+    painted[box.to_slices()] = mask
+    assert painted.any() and np.all(gt[painted] == 1) and np.all(seg[painted] == 0)
+    assert decide(task, seg, gt, ProofreaderModel(paint_unassigned=False)).action == "correct"
 
 
 def test_task_whose_segments_were_already_merged_is_correct() -> None:

@@ -39,7 +39,7 @@ from connectomix.proofread.versions import (
     segment_chunks,
 )
 
-Operation = Literal["merge", "split", "undo", "redo"]
+Operation = Literal["merge", "split", "paint", "undo", "redo"]
 
 
 @dataclass(frozen=True)

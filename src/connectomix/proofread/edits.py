@@ -1,8 +1,10 @@
-"""The versioned edit log (CAVE / PyChunkedGraph style): merge, split, undo and redo as explicit operations in
-an append-only log, ids with lineage, and every version readable.
+"""The versioned edit log (CAVE / PyChunkedGraph style): merge, split, paint, undo and redo as explicit
+operations in an append-only log, ids with lineage, and every version readable.
 
 Version 0 is the imported segmentation; each edit creates the next version. Ids follow CAVE: a merge of
-``a`` and ``b`` makes a new id ``n`` (lineage a→n, b→n); a split of ``s`` makes two new ids (s→n1, s→n2);
+``a`` and ``b`` makes a new id ``n`` (lineage a→n, b→n); a split of ``s`` makes two new ids (s→n1, s→n2); a
+paint of unassigned voxels into ``s`` (the FFN stopped early and left part of a neurite unassigned) makes one
+new id for ``s`` and the painted voxels (s→n);
 ids are never reused. Undo reverts the latest merge or split still in effect and is itself logged (a new
 version equal to the one before the reverted edit, the old ids current again); redo re-applies the most
 recently undone edit (with the same new ids) while no new merge or split has been made since.
@@ -70,6 +72,8 @@ from connectomix.volume.base import Volume
 from connectomix.volume.box import Box, xyz_to_zyx, zyx_to_xyz
 from connectomix.volume.url import open_volume, parse_url
 
+#: The operations that change segments (undo reverts the latest of them; redo only until the next one).
+EDITS = ("merge", "split", "paint")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -297,15 +301,77 @@ class EditLog:
 
         return self.store.apply(build, user)
 
+    def paint(
+        self,
+        segment: int,
+        box_zyx: Box,
+        mask: np.ndarray,
+        *,
+        user: str,
+        point_xyz: Sequence[int] | None = None,
+    ) -> Edit:
+        """Give the *unassigned* voxels of ``mask`` to ``segment``, as one new id for the segment and them.
+
+        ``box_zyx`` is a global (z, y, x) box inside the volume and ``mask`` a bool array of its shape; only
+        voxels that are 0 now change (assigned voxels are never overwritten), and at least one must. The
+        segment's other voxels get the new id too (ids are never reused: lineage segment→new).
+        ``point_xyz`` (optional): the place the proofreader looked at, recorded with the edit.
+        """
+        segment, user = check_id(segment, "segment"), _check_user(user)
+        mask = np.asarray(mask)
+        if mask.dtype != bool or mask.shape != tuple(box_zyx.shape):
+            raise InputError(
+                f"paint mask must be a bool array of the box's shape {tuple(box_zyx.shape)}, "
+                f"got {mask.dtype} {mask.shape}"
+            )
+        local = box_zyx.translate([-o for o in self.grid.offset])
+        if not self.grid.local_bounds.contains(local):
+            raise InputError(f"paint box {box_zyx} (z, y, x) lies outside the volume {self.grid.bounds}")
+        point = [self._local_point(point_xyz, "paint")] if point_xyz is not None else []
+
+        def build(connection: Connection, state: State) -> Plan:
+            indices = set(self.store.chunks_of(connection, segment, state))
+            if not indices:
+                raise InputError(f"segment {segment} is not in the current version")
+            painted = {i for i in self.grid.chunks_in(local)}
+            new = _allocate(state.next_id, 1)
+            changes, count = [], 0
+            for index in sorted(indices | painted):
+                before = self.files.read_current_chunk(index)
+                after = before.copy()
+                after[before == segment] = new
+                chunk = self.grid.chunk_box(index)
+                overlap = chunk.intersect(local)
+                if overlap.size:
+                    view = after[overlap.to_slices(chunk.start)]
+                    fill = mask[overlap.to_slices(local.start)] & (
+                        before[overlap.to_slices(chunk.start)] == 0
+                    )
+                    view[fill] = new
+                    count += int(fill.sum())
+                if not np.array_equal(before, after):
+                    changes.append(Change(index, before, after))
+            if count == 0:
+                raise InputError("paint changes nothing: the mask holds no unassigned voxel")
+            inputs = {
+                "segment_id": str(segment),
+                "box_zyx": [list(box_zyx.start), list(box_zyx.stop)],
+                "voxels": count,
+                "points_xyz": [_xyz(self, p) for p in point],
+            }
+            return Plan("paint", inputs, (new,), (segment,), changes, new + 1, [(segment, new)])
+
+        return self.store.apply(build, user)
+
     def undo(self, *, user: str) -> Edit:
-        """Revert the latest merge or split still in effect (ConflictError if there is none)."""
+        """Revert the latest merge, split or paint still in effect (ConflictError if there is none)."""
         user = _check_user(user)
 
         def build(connection: Connection, state: State) -> Plan:
             c = edits.c
             row = connection.execute(
                 sa.select(edits)
-                .where(c.log_id == self.log_id, c.operation.in_(("merge", "split")), sa.not_(c.undone))
+                .where(c.log_id == self.log_id, c.operation.in_(EDITS), sa.not_(c.undone))
                 .order_by(c.version.desc())
                 .limit(1)
             ).first()
@@ -328,9 +394,7 @@ class EditLog:
         def build(connection: Connection, state: State) -> Plan:
             c = edits.c
             last_new = connection.execute(
-                sa.select(sa.func.max(c.version)).where(
-                    c.log_id == self.log_id, c.operation.in_(("merge", "split"))
-                )
+                sa.select(sa.func.max(c.version)).where(c.log_id == self.log_id, c.operation.in_(EDITS))
             ).scalar()
             target_edit = edits.alias("target")
             row = connection.execute(

@@ -12,6 +12,8 @@ The rules are those of a careful human with the ground truth in mind:
 * **unassigned task** (an unassigned region with an uncertain fringe, the FFN's way of stopping early): the
   segments within ``gap_reach`` voxels of the task's point are looked at; when two of them belong mostly to
   the same ground-truth body (as for a merge task), the two largest such are merged across the gap;
+  otherwise, when the largest of them belongs mostly to one body, the unassigned voxels of that body in the
+  window that touch the segment are painted into it (``paint_unassigned``; the FFN stopped early);
 * anything else is marked correct as it is.
 
 Only a window of :data:`WINDOW_HALF_XYZ` voxels around the task's point is looked at, as a person looks at
@@ -46,7 +48,7 @@ from connectomix.errors import ConflictError, InputError, NotFoundError
 from connectomix.progress import track
 from connectomix.volume.box import Box, xyz_to_zyx
 
-Action = Literal["merge", "split", "correct"]
+Action = Literal["merge", "split", "paint", "correct"]
 Point = tuple[int, int, int]
 
 #: Half-size (voxels, x, y, z) of the window around a task in which segments are compared with ground truth.
@@ -62,7 +64,8 @@ class ProofreaderModel:
     an answer is flipped; ``majority``: fraction of each segment's labelled voxels its majority body must
     hold for a merge; ``min_split_fraction`` / ``min_split_voxels``: how much of a segment the second body
     must hold for a split; ``gap_reach``: how far (voxels, Chebyshev) from an unassigned task's point the
-    segments on either side of the gap are looked for (0: unassigned tasks are always correct as they are).
+    segments on either side of the gap are looked for (0: unassigned tasks are always correct as they are);
+    ``paint_unassigned``: whether an unassigned region of one segment's body is painted into it.
     """
 
     seconds_per_task: float = 30.0
@@ -72,6 +75,7 @@ class ProofreaderModel:
     min_split_fraction: float = 0.1
     min_split_voxels: int = 50
     gap_reach: int = 8
+    paint_unassigned: bool = True
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.seconds_per_task) and self.seconds_per_task >= 0):
@@ -105,6 +109,8 @@ class Decision:
     sinks_xyz: tuple[Point, ...] = ()
     reason: str = ""
     flipped: bool = False
+    paint_box: Box | None = None  # global (z, y, x), with paint_mask of its shape
+    paint_mask: np.ndarray | None = None
 
 
 @dataclass
@@ -304,6 +310,8 @@ def _across_gap(
             by_body.setdefault(body, []).append(segment)
     pairs = [(body, segs[:2]) for body, segs in by_body.items() if len(segs) >= 2]
     if not pairs:
+        if model.paint_unassigned and by_body:
+            return _paint(seg, gt, start_zyx, by_body)
         return Decision("correct", (), reason="no ground-truth body on both sides of the gap")
     body, (a, b) = pairs[0]
     points = []
@@ -319,9 +327,31 @@ def _across_gap(
     )
 
 
+def _paint(
+    seg: np.ndarray, gt: np.ndarray, start_zyx: Sequence[int], by_body: dict[int, list[int]]
+) -> Decision:
+    """Paint the unassigned voxels of the largest nearby segment's body that touch it (26-connected)."""
+    body, segments = next(iter(by_body.items()))
+    segment = segments[0]
+    candidate = (seg == 0) & (gt == body)
+    pieces, _ = ndimage.label(candidate | (seg == segment), structure=np.ones((3, 3, 3), bool))
+    touching = np.unique(pieces[seg == segment])
+    mask = candidate & np.isin(pieces, touching[touching != 0])
+    if not mask.any():
+        return Decision("correct", (segment,), reason=f"no unassigned voxel of body {body} beside it")
+    box = Box.from_shape(seg.shape, tuple(int(v) for v in start_zyx))
+    return Decision(
+        "paint",
+        (segment,),
+        reason=f"{int(mask.sum())} unassigned voxels of body {body}",
+        paint_box=box,
+        paint_mask=mask,
+    )
+
+
 def _flip(decision: Decision) -> Decision:
     """The mistaken answer: an edit is not made; a 'correct' merge task is merged anyway."""
-    if decision.action in ("merge", "split"):
+    if decision.action in ("merge", "split", "paint"):
         return Decision("correct", decision.segment_ids, reason="mistake: missed", flipped=True)
     ids = decision.segment_ids
     if len(ids) == 2 and 0 not in ids and ids[0] != ids[1]:
@@ -517,6 +547,12 @@ def _finish(
             edit = edit_log.split(
                 decision.segment_ids[0], list(decision.sources_xyz), list(decision.sinks_xyz), user=user
             )
+        elif decision.action == "paint":
+            assert decision.paint_box is not None and decision.paint_mask is not None
+            edit = edit_log.paint(
+                decision.segment_ids[0], decision.paint_box, decision.paint_mask, user=user,
+                point_xyz=task.point_xyz,
+            )  # fmt: skip
         else:
             edit = None
     except (InputError, ConflictError, NotFoundError) as exc:
