@@ -33,10 +33,10 @@ SYNTHETIC_REGIONS = LoopRegions(
 
 
 def synthetic_settings(seed: int = 0) -> LoopSettings:
-    """The demo's loop: 40 corrected tasks, fitted and scored after 20 and 40; 3 epochs per fit."""
+    """The demo's loop: up to 30 corrected tasks, then one fit (3 epochs), gated and scored."""
     return LoopSettings(
-        corrections=40,
-        curve=(20,),
+        corrections=30,
+        curve=(),
         epochs=3,
         max_fovs_per_example=2,
         lr=2e-3,

@@ -81,7 +81,7 @@ def run_demo(
     """Run the demo and return the report (also written to ``out_dir/report.json``).
 
     With ``loop`` (synthetic data only) the report also holds ``loop``: the short closed learning loop of
-    :mod:`connectomix.learn.synthetic_loop` (Google's FIB-25 model adapted to a synthetic volume from 40
+    :mod:`connectomix.learn.synthetic_loop` (Google's FIB-25 model adapted to a synthetic volume from up to 30
     corrected tasks; VI on a held-out region before and after), or ``loop_skipped`` with the reason where
     Google's checkpoint is absent."""
     out_dir = Path(out_dir)
