@@ -103,8 +103,9 @@ def _print_report(report: dict, json_out: Path) -> None:
         )
     console.print(table)
     drop = 100.0 * report["vi_drop_fraction"]
+    change = f"{drop:.1f} % lower" if drop >= 0 else f"{-drop:.1f} % higher"
     console.print(
-        f"VI on C: {report['vi_before']:.3f} → {report['vi_after']:.3f} bits ({drop:+.1f} % drop) after "
+        f"VI on C: {report['vi_before']:.3f} → {report['vi_after']:.3f} bits ({change}) after "
         f"{report['corrections']} corrected tasks; served: {report['served']}; report → {json_out}"
     )
 
