@@ -119,7 +119,7 @@ def streaming_latency(base, data, args, workdir: Path) -> dict:
     result = segment_subvolume(raw_a, base, options)
     seg_seconds = time.perf_counter() - start
     tasks = flag_volume(
-        result.segmentation, result.probability, resolution_nm_xyz=(10.0, 10.0, 10.0), top_fraction=0.02
+        result.segmentation, result.probability, resolution_nm_xyz=(10.0, 10.0, 10.0), top_fraction=0.05
     )[: args.tasks]
     db = f"sqlite:///{workdir / 'stream.db'}"
     queue = TaskQueue(db)  # wall clock: latencies are real seconds
@@ -244,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bf16-steps", type=int, default=0, help="steps of an emulated-bf16 fit to time (0: skip it there)"
     )
     parser.add_argument("--tasks", type=int, default=40, help="flagged tasks queued for streaming")
-    parser.add_argument("--min-tasks", type=int, default=10)
+    parser.add_argument("--min-tasks", type=int, default=4)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for a round")
     parser.add_argument("--val-box", default="150,150,40:214,214,80", help="X0,Y0,Z0:X1,Y1,Z1 inside B")
