@@ -35,13 +35,7 @@ CONVSTACK = FFNConfig(depth=2, width=8, fov_zyx=(9, 9, 9), deltas_zyx=(2, 2, 2))
 INCEPTION = FFNConfig(arch="inception", depth=1, width=8, fov_zyx=(9, 9, 9), deltas_zyx=(2, 2, 2))
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Tiny convolutions: one thread is fastest on a shared, loaded CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _model(config: FFNConfig = CONVSTACK, seed: int = 0) -> FFNModel:

@@ -258,7 +258,6 @@ class ContinualLearner:
             torch.manual_seed(int(rng.integers(0, 2**31 - 1)))
             losses, fovs = self._train(plan, rng, progress, max_steps)
         self.fits += 1
-        corrections = [p for p in patches]
         return FitResult(
             adapter=self.adapter,
             steps=len(losses),
@@ -268,8 +267,8 @@ class ContinualLearner:
             losses=np.asarray(losses, dtype=np.float64),
             seconds=time.perf_counter() - started,
             precision=self.precision,
-            edits=tuple(sorted({e for p in corrections for e in p.edit_ids})),
-            tasks=tuple(sorted({p.task_key for p in corrections if p.task_key})),
+            edits=tuple(sorted({e for p in patches for e in p.edit_ids})),
+            tasks=tuple(sorted({p.task_key for p in patches if p.task_key})),
         )
 
     # -- internals --------------------------------------------------------------------------------------
