@@ -116,6 +116,10 @@ def test_tiny_real_run_is_above_chance_and_flags_go_to_the_queue(testdata, tmp_p
     assert "merge_head" not in report["results"]["random-init"]
     assert report["seconds"]["merge_head"] > 0
     assert "_merge" not in report["results"]["trained"] and "_head" not in report["results"]["trained"]
+    flags = report["flags"]  # the threshold is set on the training half's true bodies
+    assert flags["threshold_from"] == "true bodies of the training half"
+    assert 0.0 <= flags["false_positive_rate_evaluation"] <= 1.0
+    assert report["seconds"]["threshold"] > 0
     assert tasks, "with a threshold at the 10th percentile of true bodies most merged segments are flagged"
     assert all(t.kind == "split" and len(t.segment_ids) == 1 for t in tasks)
     assert all(t.evidence["method"] == "segclr-2means" for t in tasks)
