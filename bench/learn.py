@@ -8,11 +8,11 @@
    fit is skipped unless ``--bf16-steps N`` asks to time N steps of the same plan; its total is then
    *projected* from the measured seconds per step, and the JSON says so.
 2. **Streaming latency**: a :class:`~connectomix.learn.StreamingLearner` runs in its background thread
-   while 4 simulated proofreaders complete flagged tasks of a 64 × 96 × 96 part of region A on the
-   wall clock (a real queue and
-   edit log in SQLite); each round of ``--min-tasks`` tasks is fitted (1 epoch), registered and gated on VI
-   of a validation box (``--val-box``, inside region B). Reported: seconds from each task's completion to
-   the promotion of an adapter trained on it (median, max), and per round.
+   while 4 simulated proofreaders complete flagged tasks of a 64 × 96 × 96 part of region A on the wall
+   clock (a real queue and edit log in SQLite); each round of ``--min-tasks`` tasks (default 20) is fitted
+   (``--stream-epochs``, default 2), registered and gated on VI of a validation box (``--val-box``, default
+   the loop's region B). Reported: seconds from each task's completion to the promotion of an adapter
+   trained on it (median, max), and per round.
 3. **Adapter size on disk**: the safetensors file of the fitted adapter next to the base model's file.
 4. **VI against corrections**: the curve of a ``cx loop --data fib25-ts2`` report (``--loop-json``, default
    ``bench/results/loop_fib25.json``), drawn to ``bench/results/learn_curve.png``.
@@ -20,8 +20,8 @@
 The roadmap's targets are for a GPU: 50 patches × 3 epochs in under 2 minutes, 30 minutes from edit to
 served adapter. This script reports what the CPU it runs on achieves beside them.
 
-Run from the repository root: ``.venv/bin/python bench/learn.py`` (about 15 minutes on 2 cores).
-Results go to ``bench/results/learn.json``.
+Run from the repository root: ``.venv/bin/python bench/learn.py`` (about 30 minutes on 2 cores).
+Results go to ``bench/results/learn.json``; parts left out with ``--skip`` keep their earlier results there.
 """
 
 from __future__ import annotations
@@ -118,8 +118,13 @@ def streaming_latency(base, data, args, workdir: Path) -> dict:
     start = time.perf_counter()
     result = segment_subvolume(raw_a, base, options)
     seg_seconds = time.perf_counter() - start
-    tasks = flag_volume(
-        result.segmentation, result.probability, resolution_nm_xyz=(10.0, 10.0, 10.0), top_fraction=0.05
+    tasks = flag_volume(  # flagged as cx loop flags region A
+        result.segmentation,
+        result.probability,
+        resolution_nm_xyz=(10.0, 10.0, 10.0),
+        top_fraction=0.15,
+        chunk_zyx=(32, 32, 32),
+        nms_radius_voxels=8.0,
     )[: args.tasks]
     db = f"sqlite:///{workdir / 'stream.db'}"
     queue = TaskQueue(db)  # wall clock: latencies are real seconds
@@ -141,7 +146,7 @@ def streaming_latency(base, data, args, workdir: Path) -> dict:
     streaming = StreamingLearner(
         queue, edit_log, raw_a, learner, registry, base_entry, vi_on_validation,
         region={"data": "fib25-ts2", "box_xyz": args.val_box}, min_tasks=args.min_tasks, poll_seconds=0.5,
-        epochs=1,
+        epochs=args.stream_epochs,
     )  # fmt: skip
     model = ProofreaderModel(seconds_per_task=0.0, jitter=0.0)
     with streaming:
@@ -159,6 +164,7 @@ def streaming_latency(base, data, args, workdir: Path) -> dict:
         "region_a_segment_seconds": seg_seconds,
         "tasks": len(tasks),
         "min_tasks": args.min_tasks,
+        "epochs": args.stream_epochs,
         "validation_box_xyz": args.val_box,
         "rounds": [
             {
@@ -243,26 +249,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bf16-steps", type=int, default=0, help="steps of an emulated-bf16 fit to time (0: skip it there)"
     )
-    parser.add_argument("--tasks", type=int, default=40, help="flagged tasks queued for streaming")
-    parser.add_argument("--min-tasks", type=int, default=4)
+    parser.add_argument("--tasks", type=int, default=80, help="flagged tasks queued for streaming")
+    parser.add_argument("--min-tasks", type=int, default=20, help="tasks per streaming round")
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--round-timeout", type=float, default=600.0, help="seconds to wait for a round")
-    parser.add_argument("--val-box", default="150,150,40:214,214,80", help="X0,Y0,Z0:X1,Y1,Z1 inside B")
+    parser.add_argument("--stream-epochs", type=int, default=2, help="epochs per streaming round")
+    parser.add_argument("--round-timeout", type=float, default=900.0, help="seconds to wait for a round")
+    parser.add_argument(
+        "--val-box", default="140,140,30:236,236,94", help="X0,Y0,Z0:X1,Y1,Z1 (default: the loop's region B)"
+    )
     parser.add_argument("--loop-json", type=Path, default=RESULTS / "loop_fib25.json")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fit", "stream", "curve"])
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     base, data = fib25_data()
-    out: dict = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine()}
+    # parts skipped this time keep their earlier results (each part carries its own date and machine)
+    previous = RESULTS / "learn.json"
+    out: dict = json.loads(previous.read_text()) if previous.is_file() else {}
+    stamp = {"date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), "machine": machine()}
+    out.update(stamp)
     out["targets_gpu"] = {"fit_50x3_seconds": 120, "streaming_latency_seconds": 1800}
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if "fit" not in args.skip:
             fit = fit_time(base, data, args)
             out["adapter_size"] = adapter_size(base, fit.pop("adapter"), workdir)
-            out["fit"] = fit
+            out["fit"] = {**fit, **stamp}
         if "stream" not in args.skip:
-            out["streaming"] = streaming_latency(base, data, args, workdir)
+            out["streaming"] = {**streaming_latency(base, data, args, workdir), **stamp}
     if "curve" not in args.skip:
         out["curve"] = curve(args.loop_json)
     _table(out)

@@ -23,10 +23,17 @@ def loop_command(
     ] = None,
     curve: Annotated[
         str | None,
-        typer.Option(help="Task counts after which to fit and score, e.g. 50,100 [fib25: 50,100]."),
+        typer.Option(help="Task counts after which to fit and score, e.g. 50,100 [fib25: 60]."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the learner, the proofreaders and synthetic data.")] = 0,
     epochs: Annotated[int | None, typer.Option(help="Epochs per fit [2; synthetic 3].")] = None,
+    top_fraction: Annotated[
+        float | None,
+        typer.Option(help="Flagging: fraction of region A's voxels that are hot [0.15; synthetic 0.05]."),
+    ] = None,
+    nms_radius: Annotated[
+        float | None, typer.Option(help="Flagging: voxels between two tasks at least [8; synthetic 10].")
+    ] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or auto (bf16 where the CPU has it).")] = "auto",
     json_out: Annotated[Path, typer.Option("--json", help="Write the loop report here.")] = Path(
         "cx-loop/loop.json"
@@ -63,6 +70,14 @@ def loop_command(
         changes["epochs"] = epochs
     if curve is not None:
         changes["curve"] = curve_points(curve)
+    if top_fraction is not None:
+        if not 0.0 < top_fraction < 1.0:
+            raise InputError(f"--top-fraction must be in (0, 1), got {top_fraction}")
+        changes["top_fraction"] = top_fraction
+    if nms_radius is not None:
+        if not nms_radius >= 0.0:
+            raise InputError(f"--nms-radius must be >= 0 voxels, got {nms_radius}")
+        changes["flag_nms_radius"] = nms_radius
     settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
     workdir = workdir or json_out.parent / f"{json_out.stem}-workspace"
     log = console.print
