@@ -23,16 +23,16 @@ def loop_command(
     ] = None,
     curve: Annotated[
         str | None,
-        typer.Option(help="Task counts after which to fit and score, e.g. 50,100 [fib25: 60]."),
+        typer.Option(help="Task counts after which to fit and score, e.g. 50,100 [fib25: 30,60]."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the learner, the proofreaders and synthetic data.")] = 0,
     epochs: Annotated[int | None, typer.Option(help="Epochs per fit [2; synthetic 3].")] = None,
     top_fraction: Annotated[
         float | None,
-        typer.Option(help="Flagging: fraction of region A's voxels that are hot [0.15; synthetic 0.05]."),
+        typer.Option(help="Flagging: fraction of region A's voxels that are hot [0.05]."),
     ] = None,
     nms_radius: Annotated[
-        float | None, typer.Option(help="Flagging: voxels between two tasks at least [8; synthetic 10].")
+        float | None, typer.Option(help="Flagging: voxels between two tasks at least [10].")
     ] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or auto (bf16 where the CPU has it).")] = "auto",
     json_out: Annotated[Path, typer.Option("--json", help="Write the loop report here.")] = Path(

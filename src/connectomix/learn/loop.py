@@ -91,7 +91,7 @@ class LoopSettings:
     ``users``: simulated proofreaders; ``min_improvement``: the gate's margin (VI bits)."""
 
     corrections: int = 200
-    curve: tuple[int, ...] = (60,)
+    curve: tuple[int, ...] = (30, 60)
     epochs: int = 2
     examples_per_patch: int = 1
     max_fovs_per_example: int = 2
@@ -100,9 +100,9 @@ class LoopSettings:
     lora_last: int | None = None
     lora_rank: int = 4
     confident_patches: int = 50
-    top_fraction: float = 0.15
+    top_fraction: float = 0.05
     flag_chunk: int = 32
-    flag_nms_radius: float = 8.0
+    flag_nms_radius: float = 10.0
     users: int = 4
     min_improvement: float = 0.0
     seed: int = 0
