@@ -2,10 +2,10 @@
 
 The situation every lab is in: a model trained on one dataset (Google's FFN, trained on FIB-25) segments a
 volume it has never seen, here a synthetic EM volume (:func:`~connectomix.volume.synthetic.make_synthetic`,
-10 nm voxels, exact ground truth) whose membranes, noise and texture differ from FIB-25's. The model merges
-across the new volume's membranes; flagging finds the places, the simulated proofreaders fix them, the
-continual learner fits an adapter on the corrections, the registry gates it on region B and region C,
-never seen by the learner or the gate, says whether it helped.
+7 nm voxels, exact ground truth) whose membranes, noise and texture differ from FIB-25's. The model both
+splits and merges there; flagging finds the places, the simulated proofreaders fix them, the continual
+learner fits an adapter on the corrections, the registry gates it on region B and region C, never seen by
+the learner or the gate, says whether it helped.
 
 Why not a model trained from scratch on synthetic data: an FFN needs hundreds of thousands of steps to learn
 to follow its seed (the first thousand only learn the label prior), far more than a demo can spend on two
