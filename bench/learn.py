@@ -8,8 +8,8 @@
    fit is skipped unless ``--bf16-steps N`` asks to time N steps of the same plan; its total is then
    *projected* from the measured seconds per step, and the JSON says so.
 2. **Streaming latency**: a :class:`~connectomix.learn.StreamingLearner` runs in its background thread
-   while 4 simulated proofreaders complete flagged tasks of a 64 × 96 × 96 part of region A on the wall
-   clock (a real queue and edit log in SQLite); each round of ``--min-tasks`` tasks (default 20) is fitted
+   while 4 simulated proofreaders complete the flagged tasks of the loop's region A on the wall clock (a
+   real queue and edit log in SQLite); each round of ``--min-tasks`` tasks (default 24) is fitted
    (``--stream-epochs``, default 2), registered and gated on VI of a validation box (``--val-box``, default
    the loop's region B). Reported: seconds from each task's completion to the promotion of an adapter
    trained on it (median, max), and per round.
@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from connectomix.evaluate import evaluate
 from connectomix.learn import ContinualLearner, StreamingLearner, WeightsRegistry, save_adapter
-from connectomix.learn.loop import FIB25_REGIONS, fib25_data
+from connectomix.learn.loop import FIB25_REGIONS, LoopSettings, fib25_data
 from connectomix.learn.replay import ground_truth_patches
 from connectomix.segment.inference import InferenceOptions, segment_subvolume
 from connectomix.segment.models import save_model
@@ -112,19 +112,20 @@ def streaming_latency(base, data, args, workdir: Path) -> dict:
     from connectomix.volume import open_volume
 
     options = InferenceOptions(precision="fp32")
-    region_a = Box((10, 10, 10), (74, 106, 106))  # a 64 × 96 × 96 part of region A: queue, edit log, patches
+    region_a = FIB25_REGIONS.a  # the loop's region A: queue, edit log, patches
     raw_a = np.ascontiguousarray(data.raw[region_a.to_slices()])
     gt_a = np.ascontiguousarray(data.gt[region_a.to_slices()])
     start = time.perf_counter()
     result = segment_subvolume(raw_a, base, options)
     seg_seconds = time.perf_counter() - start
+    loop = LoopSettings()
     tasks = flag_volume(  # flagged as cx loop flags region A
         result.segmentation,
         result.probability,
         resolution_nm_xyz=(10.0, 10.0, 10.0),
-        top_fraction=0.15,
-        chunk_zyx=(32, 32, 32),
-        nms_radius_voxels=8.0,
+        top_fraction=loop.top_fraction,
+        chunk_zyx=(loop.flag_chunk,) * 3,
+        nms_radius_voxels=loop.flag_nms_radius,
     )[: args.tasks]
     db = f"sqlite:///{workdir / 'stream.db'}"
     queue = TaskQueue(db)  # wall clock: latencies are real seconds
@@ -250,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         "--bf16-steps", type=int, default=0, help="steps of an emulated-bf16 fit to time (0: skip it there)"
     )
     parser.add_argument("--tasks", type=int, default=80, help="flagged tasks queued for streaming")
-    parser.add_argument("--min-tasks", type=int, default=20, help="tasks per streaming round")
+    parser.add_argument("--min-tasks", type=int, default=24, help="tasks per streaming round")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--stream-epochs", type=int, default=2, help="epochs per streaming round")
     parser.add_argument("--round-timeout", type=float, default=900.0, help="seconds to wait for a round")
