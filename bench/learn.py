@@ -316,6 +316,12 @@ def _table(out: dict) -> None:
             f"{stream['latency_s']['median']:.0f} / {stream['latency_s']['max']:.0f} s",
             "< 1800 s",
         )
+    elif stream:  # no adapter was promoted: say so, with what each round took
+        rounds = ", ".join(
+            f"{r['round_seconds']:.0f} s ({'promoted' if r['promoted'] else 'rejected'})"
+            for r in stream["rounds"]
+        )
+        table.add_row("edit → promoted adapter", f"none promoted; rounds: {rounds or 'none'}", "< 1800 s")
     size = out.get("adapter_size")
     if size:
         table.add_row(
