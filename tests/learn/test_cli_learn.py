@@ -100,6 +100,7 @@ def test_segment_run_serves_the_promoted_version_unless_told(workspace, tmp_path
         (["--epochs", "0"], "--epochs must be at least 1"),
         (["--top-fraction", "1.5"], "--top-fraction must be in (0, 1)"),
         (["--nms-radius", "-1"], "--nms-radius must be >= 0 voxels"),
+        (["--context", "-2"], "--context must be >= 0 voxels"),
     ],
 )
 def test_loop_bad_input_is_one_line(tmp_path, capsys, args, fragment) -> None:

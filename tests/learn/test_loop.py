@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -53,6 +54,7 @@ def test_cx_loop_on_synthetic_data(testdata, tmp_path, capsys, monkeypatch) -> N
         assert key in report
     assert report["regions"] == SMALL_REGIONS.to_dict()
     assert report["regions"]["A"] == {"start_zyx": [0, 0, 0], "stop_zyx": [50, 50, 50]}
+    assert report["context_voxels_zyx"] == [synthetic_loop.SYNTHETIC_CONTEXT] * 3
     assert 1 <= report["corrections"] <= 4 and report["tasks_flagged"] >= report["corrections"]
     curve = report["curve"]
     assert curve[0]["corrections"] == 0 and curve[0]["vi_c_served"] == report["vi_before"]
@@ -76,3 +78,45 @@ def test_cx_loop_on_synthetic_data(testdata, tmp_path, capsys, monkeypatch) -> N
         registry.verify(adapters[-1])
     finally:
         registry.dispose()
+
+
+def _tiny_model():  # type: ignore[no-untyped-def]
+    """A small random ConvStack3D (field of view 9³): cheap, and its floods spread over many steps."""
+    from connectomix.segment.models import ConvStack3D, FFNConfig
+
+    torch.manual_seed(0)
+    model = ConvStack3D(FFNConfig(depth=2, width=8, fov_zyx=(9, 9, 9), deltas_zyx=(3, 3, 3)))
+    with torch.no_grad():
+        model.conv_lom.weight.mul_(10.0)
+        model.conv_lom.bias.fill_(5.0)
+    return model.eval()
+
+
+def test_regions_are_segmented_with_context_and_cut_back(one_torch_thread) -> None:
+    """A region is flood-filled inside its box padded by the context (clipped to the volume) and cut back."""
+    from connectomix.learn.loop import LoopData, LoopSettings, _Segmenter
+    from connectomix.segment.inference import InferenceOptions, segment_subvolume
+    from connectomix.volume.synthetic import make_synthetic
+
+    volume = make_synthetic((40, 40, 40), seed=3)
+    regions = LoopRegions(
+        a=Box((10, 10, 10), (30, 30, 30)), b=Box((0, 0, 30), (20, 20, 40)), c=Box((30, 30, 0), (40, 40, 10))
+    )
+    data = LoopData("t", volume.raw, volume.gt, (10.0, 10.0, 10.0), regions)
+    model, options = _tiny_model(), InferenceOptions(min_segment_size=10)
+    with_context = _Segmenter(data, options, (4, 4, 4))
+    seg, prob = with_context.segment(model, regions.a)
+    padded = segment_subvolume(volume.raw[6:34, 6:34, 6:34], model, options)
+    np.testing.assert_array_equal(seg, padded.segmentation[4:-4, 4:-4, 4:-4])
+    np.testing.assert_array_equal(prob, padded.probability[4:-4, 4:-4, 4:-4])
+    # at the volume's faces the context is clipped: B gets 4 voxels of image on its inner sides only
+    seg_b, _ = with_context.segment(model, regions.b)
+    clipped = segment_subvolume(volume.raw[0:24, 0:24, 26:40], model, options)
+    np.testing.assert_array_equal(seg_b, clipped.segmentation[0:20, 0:20, 4:14])
+    assert with_context.voxels == 28**3 + 24 * 24 * 14 and with_context.runs == 2
+    bare, _ = _Segmenter(data, options, (0, 0, 0)).segment(model, regions.a)
+    np.testing.assert_array_equal(
+        bare, segment_subvolume(volume.raw[10:30, 10:30, 10:30], model, options).segmentation
+    )
+    with pytest.raises(InputError, match="context"):
+        LoopSettings(context=-1)

@@ -34,6 +34,12 @@ def loop_command(
     nms_radius: Annotated[
         float | None, typer.Option(help="Flagging: voxels between two tasks at least [10].")
     ] = None,
+    context: Annotated[
+        int | None,
+        typer.Option(
+            help="Voxels of image around each region when segmenting it [half the model's FOV; synthetic 16]."
+        ),
+    ] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or auto (bf16 where the CPU has it).")] = "auto",
     json_out: Annotated[Path, typer.Option("--json", help="Write the loop report here.")] = Path(
         "cx-loop/loop.json"
@@ -78,6 +84,10 @@ def loop_command(
         if not nms_radius >= 0.0:
             raise InputError(f"--nms-radius must be >= 0 voxels, got {nms_radius}")
         changes["flag_nms_radius"] = nms_radius
+    if context is not None:
+        if context < 0:
+            raise InputError(f"--context must be >= 0 voxels, got {context}")
+        changes["context"] = context
     settings = dataclasses.replace(settings, **changes)  # type: ignore[arg-type]
     workdir = workdir or json_out.parent / f"{json_out.stem}-workspace"
     log = console.print

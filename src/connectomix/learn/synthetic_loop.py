@@ -22,9 +22,13 @@ from connectomix.segment.models import FFNModel
 from connectomix.volume.box import Box
 
 #: The synthetic volume (z, y, x voxels of 7 nm) and its three disjoint regions: A (proofread)
-#: 72 × 128 × 64, B (gate) and C (held-out test) 72 × 64 × 64 (72 ≥ one training example of Google's model,
-#: fov 33 + 2 · delta 8 = 49 voxels, with room to move).
-SYNTHETIC_SHAPE = (72, 128, 192)
+#: 56 × 96 × 64 (≥ one training example of Google's model, fov 33 + 2 · delta 8 = 49 voxels, with room to
+#: move), B (gate) and C (held-out test) 48 × 64 × 64, side by side in x. Every region has
+#: :data:`SYNTHETIC_CONTEXT` voxels of image around it inside the volume and apart from the other regions,
+#: so each is segmented with full context and no region's segmentation sees another region's image.
+SYNTHETIC_SHAPE = (88, 128, 240)
+#: Context (voxels per side) each region is segmented with: half of Google's 33-voxel field of view.
+SYNTHETIC_CONTEXT = 16
 #: How the volume is rendered: 7 nm voxels, 20 nm membranes, 6 nm point spread. At make_synthetic's
 #: defaults (10 nm, 28 nm, 10 nm) the neurites are a few voxels across with thick, blurred membranes, so
 #: Google's model merges nearly everything (VI ≈ 2.9 bits on B): too far from FIB-25 for a few dozen
@@ -36,9 +40,9 @@ SYNTHETIC_RENDERING: dict[str, Any] = {
     "blur": 6.0,
 }
 SYNTHETIC_REGIONS = LoopRegions(
-    a=Box((0, 0, 0), (72, 128, 64)),
-    b=Box((0, 0, 64), (72, 64, 128)),
-    c=Box((0, 64, 128), (72, 128, 192)),
+    a=Box((16, 16, 16), (72, 112, 80)),
+    b=Box((16, 16, 96), (64, 80, 160)),
+    c=Box((16, 48, 176), (64, 112, 240 - 16)),
 )
 
 
@@ -54,6 +58,7 @@ def synthetic_settings(seed: int = 0) -> LoopSettings:
         top_fraction=0.05,
         flag_nms_radius=10.0,
         flag_chunk=32,
+        context=SYNTHETIC_CONTEXT,
         seed=seed,
     )
 
@@ -91,6 +96,7 @@ def synthetic_loop_data(
 
 
 __all__ = [
+    "SYNTHETIC_CONTEXT",
     "SYNTHETIC_REGIONS",
     "SYNTHETIC_RENDERING",
     "SYNTHETIC_SHAPE",
