@@ -67,21 +67,34 @@ def test_ground_truth_patches_centre_on_real_segments(volume) -> None:
     assert [p.box for p in again] == [p.box for p in patches]
 
 
-def test_confident_patches_avoid_flagged_places_and_uncertain_boxes(volume) -> None:
+def test_confident_patches_skip_uncertain_boxes_and_leave_flagged_places_unknown(volume) -> None:
     seg = volume.gt
     prob = np.full(seg.shape, 250, np.uint8)  # confident everywhere …
     prob[:, :32, :32] = 128  # … except one quadrant at p = 0.5
-    patches = confident_patches(volume.raw, seg, prob, CONFIG, n=20, seed=0, shape_zyx=(16, 16, 16))
-    assert patches
+    shape = (16, 16, 16)
+    patches = confident_patches(volume.raw, seg, prob, CONFIG, n=20, seed=0, shape_zyx=shape)
+    assert len(patches) == 20
+    uncertain = Box((0, 0, 0), (40, 32, 32))
     for patch in patches:
         assert patch.source == "confident"
-        assert not patch.box.intersect(Box((0, 0, 0), (40, 32, 32))).size
-    avoid = np.array([[20, 48, 48]])
+        # at most a fifth of a box may be uncertain, and without flagged places every label is kept
+        assert patch.box.intersect(uncertain).size <= 0.2 * patch.box.size
+        np.testing.assert_array_equal(patch.labels, seg[patch.box.to_slices()])
+        assert patch.centre_mask(CONFIG).any()
+    point = (20, 48, 48)
     near = confident_patches(
-        volume.raw, seg, prob, CONFIG, n=20, seed=0, shape_zyx=(16, 16, 16), avoid_zyx=avoid, avoid_radius=4
+        volume.raw, seg, prob, CONFIG, n=20, seed=0, shape_zyx=shape, avoid_zyx=[point], avoid_radius=4
     )
+    cube = Box((16, 44, 44), (25, 53, 53))  # the 4-voxel neighbourhood of the flagged point
+    assert any(p.box.contains_point(point) for p in near)  # a box holding a flagged place is still used …
     for patch in near:
-        assert not patch.box.pad(4).contains_point((20, 48, 48))
+        overlap = patch.box.intersect(cube)
+        if overlap.size:  # … with the place's neighbourhood left unknown, the rest as segmented
+            assert not patch.labels[overlap.to_slices(patch.box.start)].any()
+        kept = patch.labels != 0
+        np.testing.assert_array_equal(patch.labels[kept], seg[patch.box.to_slices()][kept])
+    with pytest.raises(InputError, match="avoid_radius"):
+        confident_patches(volume.raw, seg, prob, CONFIG, n=1, avoid_radius=-1)
 
 
 def test_replay_buffer_is_a_seeded_reservoir(volume) -> None:
