@@ -19,9 +19,9 @@ region. Context is image only: the labels of A, B and C are still used only in t
 
 After each cumulative number of corrected tasks in ``curve`` the completed tasks become correction patches
 (:func:`~connectomix.learn.patches.patches_from_tasks`), the :class:`~connectomix.learn.ContinualLearner`
-fits the adapter further on the new ones (replay: confident patches of A away from every flagged place, any
-ground truth given as ``replay_gt``, and the earlier corrections), the adapter is registered with its
-lineage and gated, and C is segmented with the candidate and with the served model. ``vi_after`` is the
+fits the adapter further on the new ones (replay: confident patches of A with every flagged place's
+neighbourhood left unknown, any ground truth given as ``replay_gt``, and the earlier corrections), the
+adapter is registered with its lineage and gated, and C is segmented with the candidate and with the served model. ``vi_after`` is the
 served model's VI on C at the end: an adapter that did not pass the gate is never counted.
 
 Every array is ``(z, y, x)``; VI in bits (split + merge), ARAND in [0, 1].
@@ -265,7 +265,7 @@ def run_loop(
         volume.write(volume.bounds, array)
     edit_log = EditLog.create(db_url, workdir, urls["seg"], raw_url=urls["raw"], name="region-a")
 
-    # -- replay: confident places of A, away from every flagged place; given ground truth -------------------
+    # -- replay: confident patches of A (flagged places left unknown); given ground truth ------------------
     replay = ReplayBuffer(capacity=max(64, 4 * settings.corrections), seed=settings.seed)
     avoid = np.array([xyz_to_zyx(t.point_xyz) for t in tasks], dtype=np.int64).reshape(-1, 3)
     confident = confident_patches(
