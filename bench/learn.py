@@ -15,7 +15,7 @@
    trained on it (median, max), and per round.
 3. **Adapter size on disk**: the safetensors file of the fitted adapter next to the base model's file.
 4. **VI against corrections**: the curve of a ``cx loop --data fib25-ts2`` report (``--loop-json``, default
-   ``bench/results/loop_fib25.json``), drawn to ``bench/results/learn_curve.png``.
+   ``bench/results/loop_fib25_context.json``), drawn to ``bench/results/learn_curve.png``.
 
 The roadmap's targets are for a GPU: 50 patches × 3 epochs in under 2 minutes, 30 minutes from edit to
 served adapter. This script reports what the CPU it runs on achieves beside them.
@@ -258,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--val-box", default="140,140,30:236,236,94", help="X0,Y0,Z0:X1,Y1,Z1 (default: the loop's region B)"
     )
-    parser.add_argument("--loop-json", type=Path, default=RESULTS / "loop_fib25.json")
+    parser.add_argument("--loop-json", type=Path, default=RESULTS / "loop_fib25_context.json")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fit", "stream", "curve"])
     args = parser.parse_args(argv)
     torch.manual_seed(0)
