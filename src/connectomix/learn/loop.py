@@ -21,8 +21,9 @@ After each cumulative number of corrected tasks in ``curve`` the completed tasks
 (:func:`~connectomix.learn.patches.patches_from_tasks`), the :class:`~connectomix.learn.ContinualLearner`
 fits the adapter further on the new ones (replay: confident patches of A with every flagged place's
 neighbourhood left unknown, any ground truth given as ``replay_gt``, and the earlier corrections), the
-adapter is registered with its lineage and gated, and C is segmented with the candidate and with the served model. ``vi_after`` is the
-served model's VI on C at the end: an adapter that did not pass the gate is never counted.
+adapter is registered with its lineage and gated, and C is segmented with the candidate and with the
+served model. ``vi_after`` is the served model's VI on C at the end: an adapter that did not pass the gate
+is never counted.
 
 Every array is ``(z, y, x)``; VI in bits (split + merge), ARAND in [0, 1].
 """
