@@ -8,8 +8,8 @@ Patches come from:
 * :func:`ground_truth_patches`: boxes of a volume with validated labels (the base model's training data, or a
   proofread region), every labelled segment a possible centre;
 * :func:`confident_patches`: boxes of the model's own segmentation where its probability map is mostly
-  certain, with the uncertain voxels and the neighbourhood of every flagged place left unknown: the model's
-  behaviour where it was right, kept as a target (a form of self-distillation).
+  certain, with the neighbourhood of every flagged place left unknown: the model's behaviour where it was
+  right, kept as a target (a form of self-distillation).
 """
 
 from __future__ import annotations
@@ -230,12 +230,10 @@ def confident_patches(
 def _near_points(box: Box, points_zyx: np.ndarray, radius: int) -> np.ndarray:
     """Voxels of ``box`` (bool, its shape) within ``radius`` voxels, per axis, of any of the points."""
     near = np.zeros(box.shape, dtype=bool)
-    lo, hi = np.asarray(box.start), np.asarray(box.stop)
     for point in points_zyx:
-        a = np.maximum(point - radius, lo) - lo
-        b = np.minimum(point + radius + 1, hi) - lo
-        if np.all(b > a):
-            near[a[0] : b[0], a[1] : b[1], a[2] : b[2]] = True
+        cube = Box.around(point, 2 * radius + 1).intersect(box)
+        if cube.size:
+            near[cube.to_slices(box.start)] = True
     return near
 
 
