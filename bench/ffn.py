@@ -4,8 +4,9 @@ Google's FIB-25 checkpoint is imported from ``../shared/testdata`` (no TensorFlo
 ``[75:175]³`` of FIB-25 ``training_sample2`` with Google's FIB-25 settings. Modes, all in this process:
 
 * ``fp32 b1``: one canvas at a time, fp32 (our reference);
-* ``bf16 b1``: one canvas, bf16 autocast, channels-last (only where the CPU has native bf16: an AVX2-only
-  CPU emulates it about 90× slower than fp32; there the fast modes below run in fp32);
+* ``bf16 b1``: one canvas, bf16 (the network's weights cast to bf16), channels-last (only where the CPU
+  has native bf16: an AVX2-only CPU emulates it about 90× slower than fp32; there the fast modes below run
+  in fp32);
 * ``compiled``: as ``bf16 b1`` with the network through ``torch.compile`` (Inductor, frozen weights); the
   one-off compilation is timed separately (``compile_seconds``) on a small warm-up crop;
 * ``bf16 batched``: the crop cut into 2×2×2 overlapping subvolumes advanced together (batch 8) and
@@ -16,15 +17,17 @@ Google's FIB-25 checkpoint is imported from ``../shared/testdata`` (no TensorFlo
 
 Reported per mode: FFN steps, ms per step, steps per voxel, end-to-end voxels/s, VI (split/merge) and ARAND
 against ground truth on the crop interior (a 16-voxel border excluded, where seeds lack context), and the
-interior ARAND between ours and Google's published segmentation of the full volume. A micro-benchmark gives
-ms per field of view at batch 1/4/8 for fp32 and bf16. Google's own code on the Xeon is quoted from the
-measurement recorded in the issue (TensorFlow 2.21, 2 cores: 251.5 s for 726 steps on this crop); it is not
-re-run here because TensorFlow is not installed. Run: ``.venv/bin/python bench/ffn.py`` (about 10 minutes).
+interior ARAND between ours and Google's published segmentation of the full volume. A micro-benchmark
+gives ms per field of view at batch 1/4/8 for fp32, bf16 autocast and bf16 weights. Google's own code on
+the Xeon is quoted from the measurement recorded in the issue (TensorFlow 2.21, 2 cores: 251.5 s for 726
+steps on this crop); it is not re-run here because TensorFlow is not installed. Run:
+``.venv/bin/python bench/ffn.py`` (about 10 minutes).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import itertools
 import json
@@ -62,9 +65,11 @@ def micro(model: torch.nn.Module, repeats: int, precisions: tuple[str, ...]) -> 
     rows = []
     for (precision, layout), batch in itertools.product(itertools.product(precisions, LAYOUTS), (1, 4, 8)):
         fmt = LAYOUTS[layout]
-        net = model.to(memory_format=fmt)
+        net = copy.deepcopy(model).to(memory_format=fmt)  # the caller's model stays as it is
         image = torch.randn(batch, 1, 33, 33, 33).contiguous(memory_format=fmt)
         seed = torch.randn(batch, 1, 33, 33, 33).contiguous(memory_format=fmt)
+        # "bf16": autocast over fp32 weights; "bf16 weights": the weights cast to bf16 (the engine's way)
+        net = net.to(torch.bfloat16 if precision == "bf16 weights" else torch.float32)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         with torch.inference_mode(), ctx:
             net(image, seed)
@@ -135,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     if "bf16" in modes and fast != "bf16":
         console.print("  bf16 b1 skipped: this CPU has no native bf16; the fast modes run in fp32")
         modes.remove("bf16")
-    precisions = ("fp32", "bf16") if fast == "bf16" else ("fp32",)
+    precisions = ("fp32", "bf16", "bf16 weights") if fast == "bf16" else ("fp32",)
     micro_rows = micro(model, args.repeats, precisions) if args.repeats > 0 else []
     for row in micro_rows:
         console.print(

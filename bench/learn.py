@@ -8,11 +8,12 @@
    fit is skipped unless ``--bf16-steps N`` asks to time N steps of the same plan; its total is then
    *projected* from the measured seconds per step, and the JSON says so.
 2. **Streaming latency**: a :class:`~connectomix.learn.StreamingLearner` runs in its background thread
-   while 4 simulated proofreaders complete the flagged tasks of the loop's region A on the wall clock (a
-   real queue and edit log in SQLite); each round of ``--min-tasks`` tasks (default 24) is fitted
-   (``--stream-epochs``, default 2), registered and gated on VI of a validation box (``--val-box``, default
-   the loop's region B). Reported: seconds from each task's completion to the promotion of an adapter
-   trained on it (median, max), and per round.
+   while 4 simulated proofreaders complete the flagged tasks of region A of a ``cx loop`` set-up
+   (``--stream-data``: ``synthetic``, the demo's loop, by default, or ``fib25-ts2``) on the wall clock (a real
+   queue and edit log in SQLite); the learner is the loop's (its LoRA, learning rate, FOVs and epochs), and
+   every region is segmented with the loop's context. Each round of ``--min-tasks`` tasks is fitted,
+   registered and gated on VI of the loop's region B. Reported: seconds from each task's completion to the
+   promotion of an adapter trained on it (median, max), and per round.
 3. **Adapter size on disk**: the safetensors file of the fitted adapter next to the base model's file.
 4. **VI against corrections**: the curve of a ``cx loop --data fib25-ts2`` report (``--loop-json``, default
    ``bench/results/loop_fib25_context.json``), drawn to ``bench/results/learn_curve.png``.
@@ -39,13 +40,12 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from connectomix.evaluate import evaluate
 from connectomix.learn import ContinualLearner, StreamingLearner, WeightsRegistry, save_adapter
-from connectomix.learn.loop import FIB25_REGIONS, LoopSettings, fib25_data
+from connectomix.learn.continual import default_lora_config
+from connectomix.learn.loop import FIB25_REGIONS, LoopSettings, RegionSegmenter, fib25_data
 from connectomix.learn.replay import ground_truth_patches
-from connectomix.segment.inference import InferenceOptions, segment_subvolume
+from connectomix.segment.inference import InferenceOptions
 from connectomix.segment.models import save_model
-from connectomix.volume.box import Box
 from machine import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -104,25 +104,35 @@ def adapter_size(base, adapter, workdir: Path) -> dict:
     return {"adapter_bytes": a, "base_bytes": b, "adapter_parameters": parameters, "ratio": a / b}
 
 
-def streaming_latency(base, data, args, workdir: Path) -> dict:
+def stream_setup(name: str):
+    """``(base, data, options, settings)`` of the loop the streaming part runs: ``cx loop --data NAME``'s."""
+    if name == "synthetic":
+        from connectomix.learn.synthetic_loop import synthetic_loop_data, synthetic_settings
+
+        base, data, options = synthetic_loop_data(precision="fp32")
+        return base, data, options, synthetic_settings()
+    base, data = fib25_data()
+    return base, data, InferenceOptions(precision="fp32"), LoopSettings()
+
+
+def streaming_latency(args, workdir: Path) -> dict:
     from connectomix.flag import flag_volume
     from connectomix.proofread.edits import EditLog
     from connectomix.proofread.queue import TaskQueue
     from connectomix.proofread.simulate import ProofreaderModel, simulate
     from connectomix.volume import open_volume
 
-    options = InferenceOptions(precision="fp32")
-    region_a = FIB25_REGIONS.a  # the loop's region A: queue, edit log, patches
-    raw_a = np.ascontiguousarray(data.raw[region_a.to_slices()])
-    gt_a = np.ascontiguousarray(data.gt[region_a.to_slices()])
-    start = time.perf_counter()
-    result = segment_subvolume(raw_a, base, options)
-    seg_seconds = time.perf_counter() - start
-    loop = LoopSettings()
+    base, data, options, loop = stream_setup(args.stream_data)
+    regions = data.regions  # A: queue, edit log, patches; B: the gate
+    segmenter = RegionSegmenter(data, options, loop.context_zyx(base.config.fov_zyx))
+    raw_a = np.ascontiguousarray(data.raw[regions.a.to_slices()])
+    seg_a, prob_a = segmenter.segment(base, regions.a)
+    seg_seconds = segmenter.seconds
+    res_xyz = tuple(float(v) for v in data.resolution_nm_zyx[::-1])
     tasks = flag_volume(  # flagged as cx loop flags region A
-        result.segmentation,
-        result.probability,
-        resolution_nm_xyz=(10.0, 10.0, 10.0),
+        seg_a,
+        prob_a,
+        resolution_nm_xyz=res_xyz,
         top_fraction=loop.top_fraction,
         chunk_zyx=(loop.flag_chunk,) * 3,
         nms_radius_voxels=loop.flag_nms_radius,
@@ -132,22 +142,29 @@ def streaming_latency(base, data, args, workdir: Path) -> dict:
     for rank, task in enumerate(tasks):
         queue.enqueue(task, priority=float(len(tasks) - rank))
     url = f"zarr://{workdir / 'seg_a.zarr'}"
-    volume = open_volume(url, "w", shape=raw_a.shape, dtype=np.uint64, resolution=(10.0, 10.0, 10.0))
-    volume.write(volume.bounds, result.segmentation.astype(np.uint64))
+    volume = open_volume(url, "w", shape=raw_a.shape, dtype=np.uint64, resolution=data.resolution_nm_zyx)
+    volume.write(volume.bounds, seg_a.astype(np.uint64))
     edit_log = EditLog.create(db, workdir / "ws", url, name="stream-a")
     registry = WeightsRegistry(db, workdir / "ws", user="bench")
-    base_entry = registry.add_base(base, name="fib25")
-    val = Box.from_xyz(*_parse_box(args.val_box))
-    raw_v, gt_v = np.ascontiguousarray(data.raw[val.to_slices()]), data.gt[val.to_slices()]
+    base_entry = registry.add_base(base, name=data.name)
+    gt_a = np.ascontiguousarray(data.gt[regions.a.to_slices()])
 
     def vi_on_validation(model) -> float:
-        return evaluate(segment_subvolume(raw_v, model, options).segmentation, gt_v).vi
+        return segmenter.score(model, regions.b)["vi"]
 
-    learner = ContinualLearner(base, max_fovs_per_example=2, seed=0)
+    learner = ContinualLearner(  # the loop's learner
+        base,
+        default_lora_config(base, last=loop.lora_last, rank=loop.lora_rank),
+        lr=loop.lr,
+        max_fovs_per_example=loop.max_fovs_per_example,
+        precision="fp32",
+        seed=loop.seed,
+    )
+    epochs = args.stream_epochs or loop.epochs
     streaming = StreamingLearner(
         queue, edit_log, raw_a, learner, registry, base_entry, vi_on_validation,
-        region={"data": "fib25-ts2", "box_xyz": args.val_box}, min_tasks=args.min_tasks, poll_seconds=0.5,
-        epochs=args.stream_epochs,
+        region={"data": data.name, "region": "B", **regions.to_dict()["B"]}, min_tasks=args.min_tasks,
+        poll_seconds=0.5, epochs=epochs,
     )  # fmt: skip
     model = ProofreaderModel(seconds_per_task=0.0, jitter=0.0)
     with streaming:
@@ -162,11 +179,15 @@ def streaming_latency(base, data, args, workdir: Path) -> dict:
     report = streaming.report
     latencies = list(report.latencies_s.values())
     out = {
+        "data": data.name,
+        "regions": regions.to_dict(),
+        "context_voxels_zyx": list(segmenter.context_zyx),
         "region_a_segment_seconds": seg_seconds,
         "tasks": len(tasks),
         "min_tasks": args.min_tasks,
-        "epochs": args.stream_epochs,
-        "validation_box_xyz": args.val_box,
+        "epochs": epochs,
+        "lr": loop.lr,
+        "validation": "VI on the loop's region B",
         "rounds": [
             {
                 "tasks": len(r.tasks),
@@ -198,11 +219,6 @@ def streaming_latency(base, data, args, workdir: Path) -> dict:
     queue.dispose()
     registry.dispose()
     return out
-
-
-def _parse_box(text: str) -> tuple[list[int], list[int]]:
-    start, stop = text.split(":")
-    return [int(v) for v in start.split(",")], [int(v) for v in stop.split(",")]
 
 
 def curve(loop_json: Path) -> dict | None:
@@ -250,14 +266,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--bf16-steps", type=int, default=0, help="steps of an emulated-bf16 fit to time (0: skip it there)"
     )
-    parser.add_argument("--tasks", type=int, default=80, help="flagged tasks queued for streaming")
-    parser.add_argument("--min-tasks", type=int, default=24, help="tasks per streaming round")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--stream-epochs", type=int, default=2, help="epochs per streaming round")
-    parser.add_argument("--round-timeout", type=float, default=900.0, help="seconds to wait for a round")
     parser.add_argument(
-        "--val-box", default="140,140,30:236,236,94", help="X0,Y0,Z0:X1,Y1,Z1 (default: the loop's region B)"
+        "--stream-data", choices=["synthetic", "fib25-ts2"], default="synthetic", help="the loop streamed"
     )
+    parser.add_argument("--tasks", type=int, default=80, help="flagged tasks queued for streaming")
+    parser.add_argument("--min-tasks", type=int, default=15, help="tasks per streaming round")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--stream-epochs", type=int, default=0, help="epochs per round (0: the loop's)")
+    parser.add_argument("--round-timeout", type=float, default=900.0, help="seconds to wait for a round")
     parser.add_argument("--loop-json", type=Path, default=RESULTS / "loop_fib25_context.json")
     parser.add_argument("--skip", nargs="*", default=[], choices=["fit", "stream", "curve"])
     args = parser.parse_args(argv)
@@ -276,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
             out["adapter_size"] = adapter_size(base, fit.pop("adapter"), workdir)
             out["fit"] = {**fit, **stamp}
         if "stream" not in args.skip:
-            out["streaming"] = {**streaming_latency(base, data, args, workdir), **stamp}
+            out["streaming"] = {**streaming_latency(args, workdir), **stamp}
     if "curve" not in args.skip:
         out["curve"] = curve(args.loop_json)
     _table(out)

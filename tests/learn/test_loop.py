@@ -94,7 +94,7 @@ def _tiny_model():  # type: ignore[no-untyped-def]
 
 def test_regions_are_segmented_with_context_and_cut_back(one_torch_thread) -> None:
     """A region is flood-filled inside its box padded by the context (clipped to the volume) and cut back."""
-    from connectomix.learn.loop import LoopData, LoopSettings, _Segmenter
+    from connectomix.learn.loop import LoopData, LoopSettings, RegionSegmenter
     from connectomix.segment.inference import InferenceOptions, segment_subvolume
     from connectomix.volume.synthetic import make_synthetic
 
@@ -104,7 +104,7 @@ def test_regions_are_segmented_with_context_and_cut_back(one_torch_thread) -> No
     )
     data = LoopData("t", volume.raw, volume.gt, (10.0, 10.0, 10.0), regions)
     model, options = _tiny_model(), InferenceOptions(min_segment_size=10)
-    with_context = _Segmenter(data, options, (4, 4, 4))
+    with_context = RegionSegmenter(data, options, (4, 4, 4))
     seg, prob = with_context.segment(model, regions.a)
     padded = segment_subvolume(volume.raw[6:34, 6:34, 6:34], model, options)
     np.testing.assert_array_equal(seg, padded.segmentation[4:-4, 4:-4, 4:-4])
@@ -114,7 +114,7 @@ def test_regions_are_segmented_with_context_and_cut_back(one_torch_thread) -> No
     clipped = segment_subvolume(volume.raw[0:24, 0:24, 26:40], model, options)
     np.testing.assert_array_equal(seg_b, clipped.segmentation[0:20, 0:20, 4:14])
     assert with_context.voxels == 28**3 + 24 * 24 * 14 and with_context.runs == 2
-    bare, _ = _Segmenter(data, options, (0, 0, 0)).segment(model, regions.a)
+    bare, _ = RegionSegmenter(data, options, (0, 0, 0)).segment(model, regions.a)
     np.testing.assert_array_equal(
         bare, segment_subvolume(volume.raw[10:30, 10:30, 10:30], model, options).segmentation
     )

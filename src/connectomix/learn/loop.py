@@ -132,6 +132,13 @@ class LoopSettings:
         ):
             raise InputError(f"context must be an integer >= 0 voxels or None, got {self.context!r}")
 
+    def context_zyx(self, fov_zyx: Sequence[int]) -> tuple[int, int, int]:
+        """Voxels of image added on each side of a region, per axis ``(z, y, x)``, for a model whose field
+        of view is ``fov_zyx``: ``context`` on every axis, or half the field of view where it is None."""
+        if self.context is None:
+            return tuple(int(f) // 2 for f in fov_zyx)  # type: ignore[return-value]
+        return (self.context,) * 3
+
 
 @dataclass
 class LoopData:
@@ -161,9 +168,10 @@ def _scores(seg: np.ndarray, gt: np.ndarray) -> dict[str, float]:
     return {"vi": result.vi, "vi_split": result.vi_split, "vi_merge": result.vi_merge, "arand": result.arand}
 
 
-class _Segmenter:
-    """Segments the loop's regions with a model (each with ``context_zyx`` voxels of image around it, where
-    the volume has them, cut back to the region) and scores them; remembers what it spent."""
+class RegionSegmenter:
+    """Segments boxes of a :class:`LoopData` volume with a model, each with ``context_zyx`` voxels of image
+    around it (where the volume has them) and cut back to the box, and scores them against the volume's
+    ground truth; counts what it spent (``seconds``, ``voxels`` segmented including context, ``runs``)."""
 
     def __init__(self, data: LoopData, options: InferenceOptions, context_zyx: Sequence[int]) -> None:
         self.data, self.options = data, options
@@ -224,10 +232,8 @@ def run_loop(
     workdir.mkdir(parents=True, exist_ok=True)
     db_url = db or f"sqlite:///{workdir / 'workspace.db'}"
     regions = data.regions
-    context = (
-        tuple(f // 2 for f in base.config.fov_zyx) if settings.context is None else (settings.context,) * 3
-    )
-    segmenter = _Segmenter(data, options, context)
+    context = settings.context_zyx(base.config.fov_zyx)
+    segmenter = RegionSegmenter(data, options, context)
     started = time.perf_counter()
     timing: dict[str, float] = {}
 
@@ -444,6 +450,7 @@ __all__ = [
     "LoopData",
     "LoopRegions",
     "LoopSettings",
+    "RegionSegmenter",
     "curve_points",
     "fib25_data",
     "run_loop",

@@ -58,7 +58,7 @@ from torch import nn
 from torch.nn import functional
 
 from connectomix.errors import InputError
-from connectomix.segment.models import FFNConfig, FFNModel
+from connectomix.segment.models import FFNConfig, FFNModel, weight_dtype
 
 #: Bounds on the log-variance inside the loss, so ``exp(-s)`` can neither overflow nor vanish.
 LOG_VARIANCE_CLAMP = (-8.0, 8.0)
@@ -183,7 +183,7 @@ class InceptionFFN(FFNModel):
         return [self.stem, *self.blocks, self.heads]
 
     def _features(self, image: torch.Tensor, seed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self.stem(torch.cat([image, seed], dim=1))
+        x = self.stem(torch.cat([image, seed], dim=1).to(weight_dtype(self)))
         for block in self.blocks:
             x = block(x)
         return self.heads(x)

@@ -78,6 +78,11 @@ class FFNModel(nn.Module):
         return self(image, seed), None
 
 
+def weight_dtype(module: nn.Module) -> torch.dtype:
+    """The dtype of ``module``'s first parameter: what its network computes in outside autocast."""
+    return next(module.parameters()).dtype
+
+
 def _conv(in_channels: int, out_channels: int, kernel: int) -> nn.Conv3d:
     return nn.Conv3d(in_channels, out_channels, kernel, padding=kernel // 2, bias=True)
 
@@ -112,7 +117,9 @@ class ConvStack3D(FFNModel):
         self.conv_lom = _conv(width, 1, 1)
 
     def forward(self, image: torch.Tensor, seed: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([image, seed], dim=1)
+        # The network runs in its weights' dtype (bf16 weights: a bf16 pass without autocast); the update is
+        # added to the seed in the seed's dtype, so fp32 seed logits keep fp32 accumulation.
+        x = torch.cat([image, seed], dim=1).to(weight_dtype(self))
         x = self.conv0_b(torch.relu(self.conv0_a(x)))
         for module in self.residual:
             x = module(x)
