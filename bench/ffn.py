@@ -4,7 +4,7 @@ Google's FIB-25 checkpoint is imported from ``../shared/testdata`` (no TensorFlo
 ``[75:175]³`` of FIB-25 ``training_sample2`` with Google's FIB-25 settings. Modes, all in this process:
 
 * ``fp32 b1``: one canvas at a time, fp32 (our reference);
-* ``bf16 b1``: one canvas, bf16 (the network's weights cast to bf16), channels-last (only where the CPU
+* ``bf16 b1``: one canvas, bf16 autocast, channels-last (only where the CPU
   has native bf16: an AVX2-only CPU emulates it about 90× slower than fp32; there the fast modes below run
   in fp32);
 * ``compiled``: as ``bf16 b1`` with the network through ``torch.compile`` (Inductor, frozen weights); the
@@ -68,7 +68,7 @@ def micro(model: torch.nn.Module, repeats: int, precisions: tuple[str, ...]) -> 
         net = copy.deepcopy(model).to(memory_format=fmt)  # the caller's model stays as it is
         image = torch.randn(batch, 1, 33, 33, 33).contiguous(memory_format=fmt)
         seed = torch.randn(batch, 1, 33, 33, 33).contiguous(memory_format=fmt)
-        # "bf16": autocast over fp32 weights; "bf16 weights": the weights cast to bf16 (the engine's way)
+        # "bf16": autocast over fp32 weights (the engine's way); "bf16 weights": the weights cast to bf16
         net = net.to(torch.bfloat16 if precision == "bf16 weights" else torch.float32)
         ctx = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16")
         with torch.inference_mode(), ctx:

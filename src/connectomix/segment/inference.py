@@ -68,11 +68,12 @@ MEMORY_FORMAT: dict[str, torch.memory_format] = {
     "fp32": torch.channels_last_3d,
     "bf16": torch.channels_last_3d,
 }
-# Why bf16 inference casts the weights instead of using autocast: the network then runs in bf16 end to end
-# (autocast re-casts every weight on each pass and converts at every op boundary), while the model still
-# adds its update to the fp32 seed logits in fp32. Measured on a 2-core Xeon with AMX (2026-12-07, torch
-# 2.13), Google's FIB-25 ConvStack3D, channels-last 3-D, ms per 33³ field of view at batch 1 / 4 / 8:
-# autocast 35 / 40 / 42, bf16 weights 23 / 27 / 41 (``bench/ffn.py``'s micro-benchmark repeats it).
+# bf16 runs under autocast over the fp32 weights. Casting the weights to bf16 instead (the models compute in
+# their weights' dtype) was measured as the peer on a 2-core Xeon with AMX (2026-12-07, torch 2.13, Google's
+# FIB-25 ConvStack3D, channels-last 3-D, ms per 33³ field of view at batch 1 / 4 / 8, two runs): autocast
+# 22.7–23.7 / 21.7–32.4 / 33.8–37.1, bf16 weights 22.3–22.4 / 22.8–26.4 / 41.0–41.8 (``bench/ffn.py``'s
+# micro-benchmark). No gain at the CPU's batch of 1, so the engine keeps autocast, the standard
+# mixed-precision path on CUDA as well.
 #: Why ``InferenceOptions.compile`` helps. Eager PyTorch runs each Conv3d through oneDNN's AMX kernel
 #: with a weight reorder per call and separate ReLU and add kernels between convolutions; Inductor with
 #: ``freezing`` pre-packs the weights once and fuses ReLU and the residual add into the convolution's
@@ -167,9 +168,8 @@ class _Engine:
         self.bf16 = self.precision == "bf16"
         self.memory_format = MEMORY_FORMAT[self.precision]
         # A private copy: changing the memory format, dtype or device must not touch the caller's model.
-        # bf16 runs the copy with bf16 weights rather than under autocast (see above).
-        self.model = copy.deepcopy(model).eval().to(self.device)
-        self.model.to(torch.bfloat16 if self.bf16 else torch.float32)
+        # fp32 weights in both precisions: bf16 is autocast (see above).
+        self.model = copy.deepcopy(model).eval().to(self.device, torch.float32)
         self.model.to(memory_format=self.memory_format)  # type: ignore[call-overload]  # untyped overload
         fov = tuple(model.config.fov_zyx)
         pin = self.device.type == "cuda"
@@ -200,7 +200,10 @@ class _Engine:
             rows = self.batch_size if self.compiled else n  # a fixed shape for the compiled graph
             image = inputs[0, :rows].contiguous(memory_format=self.memory_format)
             seed = inputs[1, :rows].contiguous(memory_format=self.memory_format)
-            with _frozen_weights(self.compiled):
+            with (
+                torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16),
+                _frozen_weights(self.compiled),
+            ):
                 logits, log_variance = self._predict(image, seed)
             out = logits.float()
             if log_variance is not None:
