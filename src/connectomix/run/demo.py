@@ -62,10 +62,14 @@ def _demo_loop(workdir: Path, seed: int, log: Any) -> dict[str, Any]:
     from connectomix.learn.synthetic_loop import synthetic_loop_data, synthetic_settings
 
     try:
-        base, data, options = synthetic_loop_data(seed=seed)
+        # fp32 on every CPU: the demo's numbers are then the same on every machine (measured identical on a
+        # 2-core AMD EPYC and a 2-core Xeon), where bf16 autocast depends on the CPU's kernels (on the AMX
+        # Xeon the bf16 loop is 4× faster, but its adapter did not pass the gate).
+        base, data, options = synthetic_loop_data(seed=seed, precision="fp32")
     except NotFoundError as exc:
         return {"loop_skipped": str(exc)}
-    result = run_loop(base, data, workdir, synthetic_settings(seed), options=options, log=log)
+    settings = synthetic_settings(seed)
+    result = run_loop(base, data, workdir, settings, options=options, precision="fp32", log=log)
     return {"loop": result}
 
 
