@@ -47,3 +47,24 @@ def test_explicit_bf16_is_kept_and_warns_only_where_emulated() -> None:
     assert bool(emulated) == (not native_bf16("cpu"))
     if emulated:
         assert "far slower than fp32" in str(emulated[0].message)
+
+
+@pytest.mark.parametrize("arch", ["convstack", "inception"])
+def test_models_compute_in_their_weights_dtype_and_add_to_the_seed_in_its_dtype(arch: str) -> None:
+    """A network cast to bf16 takes fp32 image and seed, runs in bf16 and returns fp32 logits whose update
+    matches the fp32 network to bf16 rounding."""
+    from connectomix.segment.models import FFNConfig, build_model
+
+    torch.manual_seed(0)
+    config = FFNConfig(arch=arch, depth=2, width=8, fov_zyx=(9, 9, 9))
+    fp32 = build_model(config).eval()
+    bf16 = build_model(config).eval()
+    bf16.load_state_dict(fp32.state_dict())
+    bf16.to(torch.bfloat16)
+    image, seed = torch.rand(1, 1, 9, 9, 9), torch.randn(1, 1, 9, 9, 9) * 3
+    with torch.inference_mode():
+        reference, out = fp32(image, seed), bf16(image, seed)
+    assert out.dtype == torch.float32
+    update_ref, update = reference - seed, out - seed
+    assert not torch.equal(update, update_ref)  # it really ran in bf16
+    assert torch.allclose(update, update_ref, atol=0.05 * float(update_ref.abs().max()) + 1e-3)
