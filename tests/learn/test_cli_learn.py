@@ -101,6 +101,7 @@ def test_segment_run_serves_the_promoted_version_unless_told(workspace, tmp_path
         (["--top-fraction", "1.5"], "--top-fraction must be in (0, 1)"),
         (["--nms-radius", "-1"], "--nms-radius must be >= 0 voxels"),
         (["--context", "-2"], "--context must be >= 0 voxels"),
+        (["--lr", "0"], "--lr must be a learning rate in (0, 1)"),
     ],
 )
 def test_loop_bad_input_is_one_line(tmp_path, capsys, args, fragment) -> None:

@@ -27,6 +27,9 @@ def loop_command(
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the learner, the proofreaders and synthetic data.")] = 0,
     epochs: Annotated[int | None, typer.Option(help="Epochs per fit [2; synthetic 3].")] = None,
+    lr: Annotated[
+        float | None, typer.Option(help="Learning rate of the adapter's fits [1e-3; synthetic 2e-3].")
+    ] = None,
     top_fraction: Annotated[
         float | None,
         typer.Option(help="Flagging: fraction of region A's voxels that are hot [0.05]."),
@@ -74,6 +77,10 @@ def loop_command(
         if epochs < 1:
             raise InputError(f"--epochs must be at least 1, got {epochs}")
         changes["epochs"] = epochs
+    if lr is not None:
+        if not 0.0 < lr < 1.0:
+            raise InputError(f"--lr must be a learning rate in (0, 1), got {lr}")
+        changes["lr"] = lr
     if curve is not None:
         changes["curve"] = curve_points(curve)
     if top_fraction is not None:
