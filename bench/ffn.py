@@ -4,9 +4,8 @@ Google's FIB-25 checkpoint is imported from ``../shared/testdata`` (no TensorFlo
 ``[75:175]³`` of FIB-25 ``training_sample2`` with Google's FIB-25 settings. Modes, all in this process:
 
 * ``fp32 b1``: one canvas at a time, fp32 (our reference);
-* ``bf16 b1``: one canvas, bf16 autocast, channels-last (only where the CPU
-  has native bf16: an AVX2-only CPU emulates it about 90× slower than fp32; there the fast modes below run
-  in fp32);
+* ``bf16 b1``: one canvas, bf16 autocast, channels-last (only where the CPU has native bf16: an AVX2-only
+  CPU emulates it about 90× slower than fp32; there the fast modes below run in fp32);
 * ``compiled``: as ``bf16 b1`` with the network through ``torch.compile`` (Inductor, frozen weights); the
   one-off compilation is timed separately (``compile_seconds``) on a small warm-up crop;
 * ``bf16 batched``: the crop cut into 2×2×2 overlapping subvolumes advanced together (batch 8) and

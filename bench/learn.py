@@ -152,7 +152,7 @@ def streaming_latency(args, workdir: Path) -> dict:
     def vi_on_validation(model) -> float:
         return segmenter.score(model, regions.b)["vi"]
 
-    learner = ContinualLearner(  # the loop's learner
+    learner = ContinualLearner(  # the loop's learner (replay: the default share of earlier rounds' patches)
         base,
         default_lora_config(base, last=loop.lora_last, rank=loop.lora_rank),
         lr=loop.lr,
@@ -278,7 +278,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", nargs="*", default=[], choices=["fit", "stream", "curve"])
     args = parser.parse_args(argv)
     torch.manual_seed(0)
-    base, data = fib25_data()
     # parts skipped this time keep their earlier results (each part carries its own date and machine)
     previous = RESULTS / "learn.json"
     out: dict = json.loads(previous.read_text()) if previous.is_file() else {}
@@ -288,6 +287,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         if "fit" not in args.skip:
+            base, data = fib25_data()
             fit = fit_time(base, data, args)
             out["adapter_size"] = adapter_size(base, fit.pop("adapter"), workdir)
             out["fit"] = {**fit, **stamp}
