@@ -133,7 +133,8 @@ def tensorflow_peer(
             [*command, "--repeats", str(repeats)], capture_output=True, text=True, check=False
         )
     if done.returncode != 0:
-        raise SystemExit(f"the TensorFlow peer failed: {done.stderr.strip().splitlines()[-1:]}")
+        last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
+        raise SystemExit(f"the TensorFlow peer ({python}) failed: {last}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
