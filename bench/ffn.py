@@ -60,6 +60,8 @@ GOOGLE_TF = {
 }
 
 
+PEER_TOLERANCE = 1e-3  # logits; fp32 TensorFlow and fp32 torch agree to ~1e-5 on this network
+
 LAYOUTS = {"contiguous": torch.contiguous_format, "channels_last_3d": torch.channels_last_3d}
 
 
@@ -112,17 +114,22 @@ def tensorflow_peer(
 ) -> dict[str, Any]:
     """Run ``bench/ffn_tf.py`` under ``python`` on a real field of view of ``raw`` and return its report.
 
-    The reference is our fp32 forward pass on the crop's central 33³ FOV with a fresh seed (logit 0.95 at
-    the centre, 0.05 elsewhere), so the peer's output check is on real EM, not noise.
+    The reference is our fp32 forward pass on the crop's central 33³ FOV with a fresh seed as the engine
+    starts one (``InferenceOptions``' init activation at the centre, its pad value elsewhere), so the peer's
+    output check is on real EM, not noise. A peer whose logits differ from ours by more than
+    ``PEER_TOLERANCE`` is not the same network, and no ratio is taken against it.
     """
     from scipy.special import logit
 
+    from connectomix.segment.inference import InferenceOptions
+
+    start = InferenceOptions()
     config = model.config
     centre = [n // 2 for n in raw.shape]
     fov = tuple(slice(c - f // 2, c + f // 2 + 1) for c, f in zip(centre, config.fov_zyx, strict=True))
     image = ((raw[fov].astype(np.float32) - config.image_mean) / config.image_stddev).astype(np.float32)
-    seed = np.full(image.shape, logit(0.05), dtype=np.float32)
-    seed[tuple(f // 2 for f in config.fov_zyx)] = logit(0.95)
+    seed = np.full(image.shape, logit(start.pad_value), dtype=np.float32)
+    seed[tuple(f // 2 for f in config.fov_zyx)] = logit(start.init_activation)
     with torch.inference_mode():
         logits = model(torch.from_numpy(image)[None, None], torch.from_numpy(seed)[None, None])
     with tempfile.TemporaryDirectory() as tmp:
@@ -135,7 +142,13 @@ def tensorflow_peer(
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["no error output"])[-1]
         raise SystemExit(f"the TensorFlow peer ({python}) failed: {last}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    if report["max_abs_diff_vs_ours"] > PEER_TOLERANCE:
+        raise SystemExit(
+            f"the TensorFlow peer's logits differ from ours by {report['max_abs_diff_vs_ours']:.3g} "
+            f"(expected at most {PEER_TOLERANCE}): not the same network"
+        )
+    return report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -32,7 +32,11 @@ SCOPE = "seed_update"
 
 
 def load_kernels(prefix: str, depth: int) -> list[tuple[str, tf.Tensor, tf.Tensor]]:
-    """``(layer, kernel [kz, ky, kx, in, out], bias)`` in network order, read with TensorFlow's reader."""
+    """``(layer, kernel [kz, ky, kx, in, out], bias)`` in network order, read with TensorFlow's reader.
+
+    The layer names are Google's (those ``connectomix.segment.tf_import`` maps onto our modules); they are
+    listed here again because this script runs in a TensorFlow environment without connectomix.
+    """
     reader = tf.train.load_checkpoint(prefix)
     layers = ["conv0_a", "conv0_b"]
     for i in range(1, depth):
