@@ -97,6 +97,23 @@ def test_confident_patches_skip_uncertain_boxes_and_leave_flagged_places_unknown
         confident_patches(volume.raw, seg, prob, CONFIG, n=1, avoid_radius=-1)
 
 
+def test_confident_patches_survive_flagged_places_as_dense_as_fib25(volume) -> None:
+    # FIB-25's region A of the loop has one flagged place per ~6,000 voxels; at that density the default
+    # radius still leaves boxes with 30 % of their labels, where a 16-voxel radius left none.
+    seg = volume.gt
+    prob = np.full(seg.shape, 250, np.uint8)
+    rng = np.random.default_rng(3)
+    points = rng.integers(0, seg.shape, size=(seg.size // 6000, 3))
+    shape = (24, 32, 32)
+    dense = confident_patches(volume.raw, seg, prob, CONFIG, n=10, seed=0, shape_zyx=shape, avoid_zyx=points)
+    assert len(dense) == 10
+    assert all(p.info["known_fraction"] >= 0.3 for p in dense)
+    wide = confident_patches(
+        volume.raw, seg, prob, CONFIG, n=10, seed=0, shape_zyx=shape, avoid_zyx=points, avoid_radius=16
+    )
+    assert wide == []
+
+
 def test_replay_buffer_is_a_seeded_reservoir(volume) -> None:
     patches = ground_truth_patches(volume.raw, volume.gt, CONFIG, n=30, seed=2, shape_zyx=(16, 16, 16))
     buffer = ReplayBuffer(capacity=10, seed=3)
@@ -178,6 +195,26 @@ def test_replay_mixing_and_continuing_from_an_adapter(volume) -> None:
         resumed.adapter.tensors[next(iter(fit.adapter.tensors))].numpy(),
         fit.adapter.tensors[next(iter(fit.adapter.tensors))].numpy(),
     )
+
+
+def test_restore_continues_from_a_given_adapter_or_the_start(volume) -> None:
+    patches = ground_truth_patches(volume.raw, volume.gt, CONFIG, n=4, seed=5, shape_zyx=(24, 32, 32))
+    learner = ContinualLearner(base_model(), lr=3e-3, batch_size=2, max_fovs_per_example=2, seed=2)
+    start = adapter_tensors(learner)
+    first = learner.fit(patches, epochs=1).adapter
+    learner.fit(patches, epochs=1)
+    assert any(not torch.equal(learner.adapter.tensors[k], first.tensors[k]) for k in start)
+    learner.restore(first)  # a rejected second fit: go back to the first
+    assert all(torch.equal(learner.adapter.tensors[k], first.tensors[k]) for k in start)
+    learner.restore()  # nothing promoted yet: back to the starting state, whose outputs are the base's
+    assert all(torch.equal(learner.adapter.tensors[k], start[k]) for k in start)
+    image = torch.from_numpy(((volume.raw[:9, :9, :9] - 128.0) / 30.0).astype(np.float32))[None, None]
+    seed = torch.zeros_like(image)
+    with torch.no_grad():
+        torch.testing.assert_close(learner.model(image, seed), base_model()(image, seed), rtol=0, atol=0)
+    other = ContinualLearner(base_model(), default_lora_config(base_model(), last=1, rank=2), seed=2)
+    with pytest.raises(InputError, match="another LoRA config"):
+        learner.restore(other.adapter)
 
 
 def test_bad_arguments_raise_one_line_errors(volume) -> None:

@@ -45,6 +45,7 @@ from connectomix.learn.lora import (
     add_lora,
     apply_adapter,
     extract_adapter,
+    load_adapter_state,
     lora_parameters,
 )
 from connectomix.learn.patches import Patch
@@ -200,6 +201,7 @@ class ContinualLearner:
         else:
             self.lora = lora or default_lora_config(self.model)
             add_lora(self.model, self.lora, seed=seed)
+        self._start = extract_adapter(self.model)
         self.config = base.config
         self.replay = replay if replay is not None else ReplayBuffer(seed=seed)
         self.replay_fraction = float(replay_fraction)
@@ -216,6 +218,19 @@ class ContinualLearner:
     def adapter(self) -> Adapter:
         """The adapter as trained so far."""
         return extract_adapter(self.model, metadata={"lora_seed": str(self.seed), "fits": str(self.fits)})
+
+    def restore(self, adapter: Adapter | None = None) -> None:
+        """Continue from ``adapter`` (None: the state the learner started from) on the next fit.
+
+        The loop calls this when a candidate fails its gate, so that later fits build on the served
+        adapter instead of the rejected one. The adapter must have the learner's LoRA config.
+        """
+        adapter = adapter or self._start
+        if adapter.config != self.lora:
+            raise InputError(
+                f"cannot continue from an adapter of another LoRA config ({adapter.config} vs {self.lora})"
+            )
+        load_adapter_state(self.model, adapter.tensors)
 
     def fit(
         self,

@@ -19,11 +19,12 @@ region. Context is image only: the labels of A, B and C are still used only in t
 
 After each cumulative number of corrected tasks in ``curve`` the completed tasks become correction patches
 (:func:`~connectomix.learn.patches.patches_from_tasks`), the :class:`~connectomix.learn.ContinualLearner`
-fits the adapter further on the new ones (replay: confident patches of A with every flagged place's
-neighbourhood left unknown, any ground truth given as ``replay_gt``, and the earlier corrections), the
-adapter is registered with its lineage and gated, and C is segmented with the candidate and with the
+fits the served adapter further on the new ones (replay: confident patches of A with every flagged
+place's neighbourhood left unknown, any ground truth given as ``replay_gt``, and the earlier corrections),
+the adapter is registered with its lineage and gated, and C is segmented with the candidate and with the
 served model. ``vi_after`` is the served model's VI on C at the end: an adapter that did not pass the gate
-is never counted.
+is never counted, and never built on (the next fit continues from the served adapter, or from the
+learner's starting state while the base is served).
 
 Every array is ``(z, y, x)``; VI in bits (split + merge), ARAND in [0, 1].
 """
@@ -44,6 +45,7 @@ import numpy as np
 from connectomix.errors import InputError
 from connectomix.evaluate import evaluate
 from connectomix.learn.continual import ContinualLearner, default_lora_config
+from connectomix.learn.lora import Adapter
 from connectomix.learn.patches import Patch, patches_from_tasks
 from connectomix.learn.registry import WeightsRegistry
 from connectomix.learn.replay import ReplayBuffer, confident_patches
@@ -310,6 +312,7 @@ def run_loop(
 
     proofreader = ProofreaderModel()
     done, fits_seconds, parent = 0, 0.0, None
+    adapters: dict[int, Adapter] = {}  # registry entry id -> the adapter fitted for it
     seen_event = 0
     for stage, target in enumerate(settings.curve):
         report = simulate(
@@ -334,7 +337,7 @@ def run_loop(
             parents=[parent] if parent is not None else [],
             metadata={"loop": data.name, "corrections": done, "fit": fit.to_dict()},
         )
-        parent = entry
+        adapters[entry.id] = fit.adapter
         candidate = registry.load(entry)
         cand_b = segmenter.score(candidate, regions.b)
         served = registry.promoted(model_name)
@@ -351,6 +354,11 @@ def run_loop(
         served_c[entry.id] = cand_c
         now_served = registry.promoted(model_name)
         assert now_served is not None
+        if not gate.promoted:
+            # A rejected candidate is kept in the registry but not built on: the next fit continues from
+            # the adapter that is served (the learner's starting state while the base is served).
+            learner.restore(adapters.get(now_served.id))
+        parent = entry if gate.promoted else (now_served if now_served.id in adapters else None)
         learner.replay.extend(patches)
         row = {
             "corrections": done,

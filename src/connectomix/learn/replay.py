@@ -158,7 +158,7 @@ def confident_patches(
     n: int,
     seed: int = 0,
     avoid_zyx: Sequence[Sequence[int]] | np.ndarray = (),
-    avoid_radius: int = 16,
+    avoid_radius: int = 8,
     max_hot_fraction: float = 0.2,
     hot_entropy_bits: float = 0.5,
     min_known_fraction: float = 0.3,
@@ -179,7 +179,10 @@ def confident_patches(
     Masking voxels, not rejecting boxes: in a region dense with flagged places (FIB-25's region A of the
     loop has one every 18³ voxels) no box of a training example's size is free of them, and rejecting
     such boxes left the replay without a single confident patch, so nothing held the adapter to the base's
-    behaviour where the base was right.
+    behaviour where the base was right. The default radius, 8 voxels (a cube of 17³ around each place,
+    about one FOV move), is what leaves that region something to replay: with 16 the cubes around its 240
+    flagged places cover 99.7 % of a median 81³ box and no box keeps 30 % of its labels; with 8 the median
+    box keeps 47.5 % (measured on the base model's bf16 segmentation of that region).
     """
     raw, seg = np.asarray(raw), np.asarray(segmentation)
     if not (raw.shape == seg.shape == np.shape(probability)) or raw.ndim != 3:
