@@ -14,7 +14,7 @@ import torch
 import connectomix.learn.synthetic_loop as synthetic_loop
 from connectomix.cli import main
 from connectomix.errors import InputError
-from connectomix.learn.loop import LoopRegions, curve_points
+from connectomix.learn.loop import LoopRegions, LoopSettings, curve_points
 from connectomix.learn.registry import WeightsRegistry
 from connectomix.volume.box import Box
 
@@ -32,6 +32,9 @@ def test_regions_must_be_disjoint_and_curve_points_parse() -> None:
     assert curve_points("10, 20,40") == (10, 20, 40)
     with pytest.raises(InputError, match=">= 1"):
         curve_points("0,5")
+    for radius in (-1, 2.5, True):
+        with pytest.raises(InputError, match="replay_avoid_radius"):
+            LoopSettings(replay_avoid_radius=radius)  # type: ignore[arg-type]
 
 
 def test_cx_loop_on_synthetic_data(testdata, tmp_path, capsys, monkeypatch) -> None:
@@ -41,7 +44,7 @@ def test_cx_loop_on_synthetic_data(testdata, tmp_path, capsys, monkeypatch) -> N
     out = tmp_path / "loop.json"
     try:
         code = main(
-            ["loop", "--data", "synthetic", "--corrections", "4", "--curve", "4", "--epochs", "1",
+            ["loop", "--data", "synthetic", "--corrections", "4", "--curve", "2,4", "--epochs", "1",
              "--precision", "fp32", "--json", str(out), "--workdir", str(tmp_path / "ws")]
         )  # fmt: skip
     finally:
@@ -76,6 +79,14 @@ def test_cx_loop_on_synthetic_data(testdata, tmp_path, capsys, monkeypatch) -> N
         served = registry.promoted("loop")
         assert served is not None and served.label == report["served"]
         registry.verify(adapters[-1])
+        # each fit builds on the adapter served when it started, never on a rejected candidate
+        by_label = {e.label: e for e in adapters}
+        served_id = None
+        for row in fitted:
+            entry = by_label[row["entry"]]
+            assert list(entry.parents) == ([] if served_id is None else [served_id])
+            if row["promoted"]:
+                served_id = entry.id
     finally:
         registry.dispose()
 
@@ -94,7 +105,7 @@ def _tiny_model():  # type: ignore[no-untyped-def]
 
 def test_regions_are_segmented_with_context_and_cut_back(one_torch_thread) -> None:
     """A region is flood-filled inside its box padded by the context (clipped to the volume) and cut back."""
-    from connectomix.learn.loop import LoopData, LoopSettings, RegionSegmenter
+    from connectomix.learn.loop import LoopData, RegionSegmenter
     from connectomix.segment.inference import InferenceOptions, segment_subvolume
     from connectomix.volume.synthetic import make_synthetic
 

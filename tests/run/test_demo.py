@@ -51,3 +51,32 @@ def test_demo_rejects_unknown_data(tmp_path, capsys):
     code = main(["demo", "--data", "nowhere", "--out", str(tmp_path / "d")])
     err = capsys.readouterr().err
     assert code != 0 and err.startswith("error: ") and "synthetic" in err
+
+
+def test_demo_loop_starts_afresh_over_an_earlier_demo_workspace(tmp_path, monkeypatch):
+    # A second `make demo` found the first one's edit log and failed; the demo now clears its own earlier
+    # loop workspace (and only a directory that is one: it holds workspace.db) before the loop runs.
+    import connectomix.learn.loop as loop_module
+    import connectomix.learn.synthetic_loop as synthetic_loop
+    from connectomix.run import demo
+
+    seen: list[list[str]] = []
+
+    def fake_run_loop(base, data, workdir, settings, **kwargs):  # the real loop takes minutes
+        seen.append(sorted(p.name for p in workdir.iterdir()) if workdir.exists() else [])
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "workspace.db").write_bytes(b"earlier run")
+        return {"vi_before": 1.0, "vi_after": 0.9}
+
+    monkeypatch.setattr(loop_module, "run_loop", fake_run_loop)
+    monkeypatch.setattr(synthetic_loop, "synthetic_loop_data", lambda seed, precision: (None, None, None))
+    workdir = tmp_path / "loop"
+    assert demo._demo_loop(workdir, 0, print) == {"loop": {"vi_before": 1.0, "vi_after": 0.9}}
+    (workdir / "edits.zarr").mkdir()
+    demo._demo_loop(workdir, 0, print)
+    other = tmp_path / "not-a-workspace"
+    other.mkdir()
+    (other / "keep.txt").write_text("user data")
+    demo._demo_loop(other, 0, print)
+    assert seen == [[], [], ["keep.txt"]]
+    assert (other / "keep.txt").read_text() == "user data"

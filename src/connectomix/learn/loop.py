@@ -96,7 +96,8 @@ class LoopSettings:
     cumulative task counts after which an adapter is fitted and scored (``corrections`` is always the
     last); ``epochs``, ``examples_per_patch``, ``max_fovs_per_example``, ``replay_fraction``, ``lr``,
     ``lora_last`` (None: the last 4 module groups), ``lora_rank``: the learner
-    (:class:`ContinualLearner`); ``confident_patches``: replay patches drawn from A's confident places;
+    (:class:`ContinualLearner`); ``confident_patches``: replay patches drawn from A's confident places,
+    with ``replay_avoid_radius`` voxels around every flagged place left unknown;
     ``top_fraction``, ``flag_chunk`` and ``flag_nms_radius``: the flagging;
     ``users``: simulated proofreaders; ``min_improvement``: the gate's margin (VI bits); ``context``: voxels
     of EM image added on each side of every region when it is segmented (None: half the model's field of
@@ -112,6 +113,7 @@ class LoopSettings:
     lora_last: int | None = None
     lora_rank: int = 4
     confident_patches: int = 50
+    replay_avoid_radius: int = 8
     top_fraction: float = 0.05
     flag_chunk: int = 32
     flag_nms_radius: float = 10.0
@@ -129,6 +131,14 @@ class LoopSettings:
             raise InputError(f"corrections must be an integer >= 1, got {self.corrections!r}")
         points = sorted({int(n) for n in self.curve if 0 < int(n) < self.corrections} | {self.corrections})
         object.__setattr__(self, "curve", tuple(points))
+        if (
+            isinstance(self.replay_avoid_radius, bool)
+            or not isinstance(self.replay_avoid_radius, int)
+            or self.replay_avoid_radius < 0
+        ):
+            raise InputError(
+                f"replay_avoid_radius must be an integer >= 0 voxels, got {self.replay_avoid_radius!r}"
+            )
         if self.context is not None and (
             isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 0
         ):
@@ -278,7 +288,14 @@ def run_loop(
     replay = ReplayBuffer(capacity=max(64, 4 * settings.corrections), seed=settings.seed)
     avoid = np.array([xyz_to_zyx(t.point_xyz) for t in tasks], dtype=np.int64).reshape(-1, 3)
     confident = confident_patches(
-        raw_a, seg_a, prob_a, base.config, n=settings.confident_patches, seed=settings.seed, avoid_zyx=avoid
+        raw_a,
+        seg_a,
+        prob_a,
+        base.config,
+        n=settings.confident_patches,
+        seed=settings.seed,
+        avoid_zyx=avoid,
+        avoid_radius=settings.replay_avoid_radius,
     )
     replay.extend(confident)
     replay.extend(data.replay_gt)

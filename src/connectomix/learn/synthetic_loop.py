@@ -55,6 +55,11 @@ def synthetic_settings(seed: int = 0) -> LoopSettings:
         max_fovs_per_example=2,
         lr=2e-3,
         confident_patches=10,
+        # The demo's base is wrong on much of A (VI 0.89), so replaying its confident places teaches its
+        # errors: with the FIB-25 radius of 8 voxels the replay held such patches and the demo's adapter made
+        # B worse (1.113 against 1.009, rejected; measured 2026-12-07); with 16 the cubes around A's 31
+        # flagged places cover 92 % of A, the replay holds none, and the adapter is promoted.
+        replay_avoid_radius=16,
         top_fraction=0.05,
         flag_nms_radius=10.0,
         flag_chunk=32,

@@ -69,6 +69,12 @@ def _demo_loop(workdir: Path, seed: int, log: Any) -> dict[str, Any]:
     except NotFoundError as exc:
         return {"loop_skipped": str(exc)}
     settings = synthetic_settings(seed)
+    if (workdir / "workspace.db").is_file():
+        # An earlier demo's loop workspace (its edit log, queue and registry): the demo starts it afresh,
+        # as it rewrites its volumes, instead of failing on the edit log that already exists.
+        import shutil
+
+        shutil.rmtree(workdir)
     result = run_loop(base, data, workdir, settings, options=options, precision="fp32", log=log)
     return {"loop": result}
 
