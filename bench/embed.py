@@ -15,7 +15,10 @@ embedding space, same-body nodes within 1 µm Euclidean excluded) and ROC AUC of
 bodies vs touching pairs merged), against the same network at its random initialisation; also the AUC of
 node count alone and a size-matched AUC. Two merge scorers: the unsupervised 2-means R² of a segment's node
 embeddings (the baseline) and, for the trained encoder, the supervised merge head
-(:mod:`connectomix.embed.merges`, trained on synthetic merges of FIB-25 ``z < 125`` only).
+(:mod:`connectomix.embed.merges`, trained on synthetic merges of FIB-25 ``z < 125`` only). Two diagnostics
+of whether the embeddings hold a trace of the merge at all (:mod:`connectomix.embed.merge_signal`): the AUC
+of a merge's two bodies' separation against two spatial halves of one true body ("parts vs halves"), and
+the merge head's node AUC near contacts and, as the control, far from them ("head nodes near / far").
 
 Run: ``.venv/bin/python bench/embed.py`` (about 17 minutes on 2 cores; the merge head adds ~2) or
 ``--quick`` (under 2 minutes: fewer cutouts, 40 training steps on small boxes). Writes
@@ -214,6 +217,8 @@ def main(argv: list[str] | None = None) -> int:
             "node-count AUC",
             "head AUC",
             "head size-matched",
+            "parts vs halves",
+            "head nodes near / far",
         ):
             table.add_column(col, justify="left" if col == "encoder" else "right")
         for name, item in results.items():
@@ -229,6 +234,10 @@ def main(argv: list[str] | None = None) -> int:
                 *(f"{h['auc']:.3f}", f"{h['auc_size_matched']:.3f}")
                 if (h := item.get("merge_head"))
                 else ("-", "-"),
+                f"{item['merge_signal']['parts']['auc_parts_vs_halves']:.3f}",
+                f"{n['auc_near_vs_true']:.3f} / {n['auc_far_vs_true']:.3f}"
+                if (n := (item.get("merge_head") or {}).get("contact_nodes"))
+                else "-",
             )
         console.print(table)
         console.print(

@@ -110,9 +110,14 @@ def test_tiny_real_run_is_above_chance_and_flags_go_to_the_queue(testdata, tmp_p
         assert found["accuracy"] > 2 * found["chance"], (name, found)
         merge = report["results"][name]["merge"]
         assert merge["n_merged"] >= 5 and 0.0 <= merge["auc"] <= 1.0
+        parts = report["results"][name]["merge_signal"]["parts"]  # both bodies of each merge got nodes
+        assert parts["n_merged"] >= 3 and parts["n_true"] > 10
+        assert 0.0 <= parts["auc_parts_vs_halves"] <= 1.0 and 0.0 < parts["median_r2_parts"] < 1.0
     head = report["results"]["trained"]["merge_head"]  # trained on the z < 125 half only
     assert head["n_merged"] == report["results"]["trained"]["merge"]["n_merged"]
     assert 0.0 <= head["auc"] <= 1.0 and 0.0 <= head["auc_size_matched"] <= 1.0
+    nodes = head["contact_nodes"]
+    assert nodes["n_near"] > 0 and nodes["n_true"] > 100 and 0.0 <= nodes["auc_near_vs_true"] <= 1.0
     assert "merge_head" not in report["results"]["random-init"]
     assert report["seconds"]["merge_head"] > 0
     assert "_merge" not in report["results"]["trained"] and "_head" not in report["results"]["trained"]

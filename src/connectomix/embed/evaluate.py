@@ -185,6 +185,21 @@ def two_means(
     return best
 
 
+def split_r2(points: np.ndarray, labels: np.ndarray) -> float:
+    """``1 − W / T`` of the 0/1 split ``labels`` of ``(n, d)`` points (W within-part, T total sum of
+    squares); 0 when all points are equal."""
+    points = np.asarray(points, dtype=np.float64)
+    total = float(np.sum((points - points.mean(axis=0)) ** 2))
+    if total <= 0:
+        return 0.0
+    within = sum(
+        float(np.sum((points[labels == k] - points[labels == k].mean(axis=0)) ** 2))
+        for k in (0, 1)
+        if np.any(labels == k)
+    )
+    return 1.0 - within / total
+
+
 def merge_scores(
     table: EmbeddingTable,
     *,
@@ -204,13 +219,7 @@ def merge_scores(
             continue
         points = z[start:stop].astype(np.float64)
         labels = two_means(points, rng)
-        total = float(np.sum((points - points.mean(axis=0)) ** 2))
-        within = sum(
-            float(np.sum((points[labels == k] - points[labels == k].mean(axis=0)) ** 2))
-            for k in (0, 1)
-            if np.any(labels == k)
-        )
-        score = 1.0 - within / total if total > 0 else 0.0
+        score = split_r2(points, labels)
         scores.append(MergeScore(int(table.segment_ids[start]), score, np.arange(start, stop), labels))
     return scores
 
@@ -341,20 +350,32 @@ class Region:
 
 
 def _head_results(
-    head: Any, true_table: EmbeddingTable, merged_table: EmbeddingTable, min_nodes: int, seed: int
+    head: Any,
+    true_table: EmbeddingTable,
+    merged_table: EmbeddingTable,
+    contact_nm: np.ndarray,
+    min_nodes: int,
+    seed: int,
 ) -> dict[str, Any]:
-    """``{"merge_head": AUCs, "_head": (merged scores, true scores)}`` of a merge head, or ``{}``."""
+    """``{"merge_head": AUCs and contact-node AUCs, "_head": (merged scores, true scores)}`` of a merge
+    head, or ``{}``. ``contact_nm``: the merged rows' distances to their merge contact."""
+    from connectomix.embed.merge_signal import contact_node_auc
+
     if head is None:
         return {}
     true_scores = head.scores(true_table, min_nodes=min_nodes, seed=seed)
     merged_scores = head.scores(merged_table, min_nodes=min_nodes, seed=seed)
     matched = size_matched(merged_scores, true_scores)
+    nodes = contact_node_auc(
+        head.node_probabilities(true_table), head.node_probabilities(merged_table), contact_nm
+    )
     return {
         "merge_head": {
             "auc": roc_auc([s.score for s in merged_scores], [s.score for s in true_scores]),
             "auc_size_matched": roc_auc([s.score for s in merged_scores], [s.score for s in matched]),
             "n_merged": len(merged_scores),
             "n_true": len(true_scores),
+            "contact_nodes": nodes,
         },
         "_head": (merged_scores, true_scores),
     }
@@ -376,20 +397,25 @@ def evaluate_encoders(
     heads: Mapping[str, Any] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Retrieval and merge-detection AUC of each encoder on ``region`` (see the module docstring); the
-    skeletons of the true and of the merged segmentation are computed once and shared. ``heads`` maps an
-    encoder's name to a :class:`~connectomix.embed.merges.MergeHead` trained on its embeddings elsewhere;
-    its AUCs are added as ``"merge_head"`` (and its scores as ``"_head"``).
+    skeletons of the true and of the merged segmentation are computed once and shared. ``"merge_signal"``
+    holds the part separation of :mod:`connectomix.embed.merge_signal` (is there a trace of the merge in
+    the embeddings at all). ``heads`` maps an encoder's name to a
+    :class:`~connectomix.embed.merges.MergeHead` trained on its embeddings elsewhere; its AUCs and
+    contact-node AUCs are added as ``"merge_head"`` (and its scores as ``"_head"``).
 
     Returns ``{name: results}``, JSON-able except the keys starting with ``_`` (drop them before
     serialising): ``"_merge"`` holds ``(scores, table)`` of the merged segments for :func:`merge_tasks`,
     ``"_true_scores"`` the scores of the true bodies, ``"_tables"`` both embedding tables.
     """
+    from connectomix.embed.merge_signal import part_labels, part_separation
+    from connectomix.embed.merges import contact_distances
     from connectomix.embed.pairs import skeletonize_segments
 
     heads = heads or {}
     merged_seg, merged = region.synthetic_merges(
         n_merges=n_merges, min_contact=min_contact, min_voxels=min_voxels, seed=seed
     )
+    labels = region.gt.read()
     true_graph = skeletonize_segments(region.gt, min_voxels=min_voxels)
     merged_graph = skeletonize_segments(merged_seg, min_voxels=min_voxels)
     resolution_xyz = region.gt.resolution_xyz
@@ -406,6 +432,11 @@ def evaluate_encoders(
         merged_scores = merge_scores(merged_table, min_nodes=min_nodes, seed=seed, standardise=moments)
         found = retrieval(true_table, resolution_xyz, exclude_nm=exclude_nm)
         matched = size_matched(merged_scores, true_scores)
+        offset = region.gt.voxel_offset
+        parts = part_labels(merged_table, labels, merged, voxel_offset_zyx=offset)
+        contact_nm = contact_distances(
+            merged_table, labels, merged, voxel_offset_zyx=offset, resolution_nm_zyx=region.gt.resolution
+        )
         results[name] = {
             "retrieval": found.to_dict(),
             "merge": {
@@ -418,7 +449,10 @@ def evaluate_encoders(
                 "n_true": len(true_scores),
                 "min_nodes": min_nodes,
             },
-            **_head_results(heads.get(name), true_table, merged_table, min_nodes, seed),
+            "merge_signal": {
+                "parts": part_separation(true_table, merged_table, parts, min_nodes=min_nodes, seed=seed)
+            },
+            **_head_results(heads.get(name), true_table, merged_table, contact_nm, min_nodes, seed),
             "n_nodes": len(true_table),
             "n_segments": len(np.unique(true_table.segment_ids)),
             "embed_seconds": sum(e.stats["read_s"] + e.stats["embed_s"] for e in (embedder, merged_embedder)),
