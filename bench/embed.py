@@ -167,6 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "embed.json")
     parser.add_argument("--quick", action="store_true", help="small sizes: checks the bench runs (< 2 min)")
     parser.add_argument("--skip-eval", action="store_true", help="throughput only")
+    parser.add_argument(
+        "--skip-throughput", action="store_true", help="evaluation only (write it to its own --json)"
+    )
     args = parser.parse_args(argv)
 
     from rich.console import Console
@@ -177,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=130)
     started = time.perf_counter()
     native = native_bf16("cpu")
-    rows = throughput(args.quick, native)
+    rows = [] if args.skip_throughput else throughput(args.quick, native)
     table = Table(title="SegCLR encoder throughput (embeddings/s; peak RSS of the child process)")
     for col in ("mode", "preset", "precision", "layout", "batch", "emb/s", "peak MiB"):
         table.add_column(col, justify="right" if col in ("batch", "emb/s", "peak MiB") else "left")
@@ -191,8 +194,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{row['embeddings_per_s']:.1f}",
             f"{row['peak_rss_mib']:.0f}",
         )
-    console.print(table)
-    if not native:
+    if rows:
+        console.print(table)
+    if rows and not native:
         console.print("  bf16 skipped: this CPU has no native bf16 (it would be emulated, far slower)")
 
     payload: dict[str, Any] = {
@@ -246,6 +250,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{report['training']['loss_last_50']:.2f}); "
             f"{report['n_tasks']} split tasks flagged at R² ≥ {report['flags']['threshold_r2']:.3f}"
         )
+        if fitted := report.get("merge_detector"):
+            console.print(
+                f"  merge detector fine-tuned on {fitted['n_positive']} contact and {fitted['n_negative']} "
+                f"other nodes of the training half in {fitted['fit_seconds']:.0f} s "
+                f"(loss {fitted['losses'][0]:.3f} → {fitted['losses'][-1]:.3f})"
+            )
     payload["seconds"] = time.perf_counter() - started
     args.json.parent.mkdir(parents=True, exist_ok=True)
     tmp = args.json.with_name(f".{args.json.name}.tmp")

@@ -17,6 +17,7 @@ from connectomix.embed.evaluate import (
     size_matched,
     touching_pairs,
 )
+from connectomix.embed.merge_detector import DetectorTraining
 from connectomix.embed.realdata import RealEvaluation, run_real_evaluation
 from connectomix.embed.records import EmbeddingTable
 from connectomix.proofread.queue import TaskQueue
@@ -101,6 +102,7 @@ def test_tiny_real_run_is_above_chance_and_flags_go_to_the_queue(testdata, tmp_p
         n_merges=15,
         flag_fpr=0.9,  # flags most merged segments: this checks the plumbing into the queue
         precision="fp32",
+        detector=DetectorTraining(n_draws=1, n_merges=10, max_true_nodes=150, epochs=1),
     )
     report, tasks = run_real_evaluation(settings)
     assert report["training"]["steps"] == 20
@@ -119,6 +121,11 @@ def test_tiny_real_run_is_above_chance_and_flags_go_to_the_queue(testdata, tmp_p
     nodes = head["contact_nodes"]
     assert nodes["n_near"] > 0 and nodes["n_true"] > 100 and 0.0 <= nodes["auc_near_vs_true"] <= 1.0
     assert "merge_head" not in report["results"]["random-init"]
+    fitted = report["merge_detector"]  # fine-tuned on the z < 125 half only, scored like the head
+    assert fitted["n_positive"] > 0 and fitted["n_negative"] > 150 and len(fitted["losses"]) == 1
+    detector = report["results"]["merge-detector"]["merge_head"]
+    assert detector["n_merged"] == head["n_merged"] and detector["contact_nodes"]["n_near"] > 0
+    assert 0.0 <= detector["auc_size_matched"] <= 1.0
     assert report["seconds"]["merge_head"] > 0
     assert "_merge" not in report["results"]["trained"] and "_head" not in report["results"]["trained"]
     flags = report["flags"]  # the threshold is set on the training half's true bodies

@@ -134,18 +134,25 @@ class MergeHead:
 
     def scores(self, table: EmbeddingTable, *, min_nodes: int = 6, seed: int = 0) -> list[MergeScore]:
         """Per segment with at least ``min_nodes`` rows: the largest node probability, in [0, 1]."""
-        p = self.node_probabilities(table)
-        rng = np.random.default_rng([seed, 13])
-        emb = table.embeddings.astype(np.float64)
-        out = []
-        for start, stop in itertools.pairwise(table.run_starts()):
-            if stop - start < min_nodes:
-                continue
-            points = emb[start:stop]
-            labels = two_means((points - points.mean(0)) / np.maximum(points.std(0), 1e-6), rng)
-            out.append(
-                MergeScore(
-                    int(table.segment_ids[start]), float(p[start:stop].max()), np.arange(start, stop), labels
-                )
-            )
-        return out
+        return max_probability_scores(table, self.node_probabilities(table), min_nodes=min_nodes, seed=seed)
+
+
+def max_probability_scores(
+    table: EmbeddingTable, probabilities: np.ndarray, *, min_nodes: int = 6, seed: int = 0
+) -> list[MergeScore]:
+    """Per segment of ``table`` with at least ``min_nodes`` rows: the largest of its rows'
+    ``probabilities``; the cluster labels (the split a task suggests) are the 2-means split of its
+    standardised embeddings."""
+    if len(probabilities) != len(table):
+        raise InputError(f"{len(probabilities)} probabilities for {len(table)} rows")
+    rng = np.random.default_rng([seed, 13])
+    emb = table.embeddings.astype(np.float64)
+    out = []
+    for start, stop in itertools.pairwise(table.run_starts()):
+        if stop - start < min_nodes:
+            continue
+        points = emb[start:stop]
+        labels = two_means((points - points.mean(0)) / np.maximum(points.std(0), 1e-6), rng)
+        score = float(probabilities[start:stop].max())
+        out.append(MergeScore(int(table.segment_ids[start]), score, np.arange(start, stop), labels))
+    return out

@@ -15,6 +15,11 @@ With ``merge_head`` the trained encoder also gets a supervised merge head
 FIB-25 only (``head_merge_seeds`` disjoint-pair draws of ``n_merges`` merges each, plus its true bodies) and
 scored on the evaluation half like the 2-means R² (``results.trained.merge_head``).
 
+With ``merge_detector`` a copy of the trained encoder is also fine-tuned into a
+:class:`~connectomix.embed.merge_detector.MergeDetector` on synthetic merges of the training half only
+(``detector`` settings) and evaluated as a third encoder with its own head
+(``results["merge-detector"]``: its retrieval, and its merge AUCs under ``merge_head``).
+
 :func:`run_real_evaluation` returns a JSON-able dict; the bench (``bench/embed.py``) runs it at full size and
 ``tests/embed/test_evaluate_real.py`` runs a tiny version.
 """
@@ -36,6 +41,7 @@ from connectomix.embed.evaluate import (
     merge_tasks,
 )
 from connectomix.embed.infer import Embedder
+from connectomix.embed.merge_detector import DetectorTraining, detector_training_set, fine_tune_detector
 from connectomix.embed.merges import MergeHead, contact_distances
 from connectomix.embed.model import EncoderConfig, SegCLREncoder, preset
 from connectomix.embed.pairs import skeletonize_segments
@@ -69,6 +75,8 @@ class RealEvaluation:
     flag_fpr: float = 0.1
     merge_head: bool = True
     head_merge_seeds: int = 2
+    merge_detector: bool = True
+    detector: DetectorTraining = field(default_factory=DetectorTraining)
     seed: int = 0
     precision: str = "auto"
 
@@ -168,10 +176,26 @@ def run_real_evaluation(
         heads["trained"] = train_merge_head(result.model, train_region, s, true_table=train_true)
         seconds["merge_head"] = time.perf_counter() - t0
 
+    models = {"random-init": initial, "trained": result.model}
+    detector_report = None
+    if s.merge_detector:
+        t0 = time.perf_counter()
+        cutouts, labels = detector_training_set(result.model, train_region, s.detector)
+        fit = fine_tune_detector(result.model, cutouts, labels, s.detector)
+        del cutouts
+        models["merge-detector"], heads["merge-detector"] = fit.detector.encoder, fit.detector
+        seconds["merge_detector"] = time.perf_counter() - t0
+        detector_report = {
+            "losses": fit.losses,
+            "fit_seconds": fit.seconds,
+            "n_positive": fit.n_positive,
+            "n_negative": fit.n_negative,
+        }
+
     t0 = time.perf_counter()
     region = Region.cut(raw, gt, test_box)
     results = evaluate_encoders(
-        {"random-init": initial, "trained": result.model},
+        models,
         region,
         spacing_nm=s.spacing_nm,
         exclude_nm=s.exclude_nm,
@@ -205,6 +229,7 @@ def run_real_evaluation(
             "nodes": {v.name: v.graph.n_nodes for v in volumes},
         },
         "results": results,
+        "merge_detector": detector_report,
         "flags": {
             "threshold_r2": threshold,
             "threshold_from": "true bodies of the training half",
