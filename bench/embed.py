@@ -20,7 +20,8 @@ of whether the embeddings hold a trace of the merge at all (:mod:`connectomix.em
 of a merge's two bodies' separation against two spatial halves of one true body ("parts vs halves"), and
 the merge head's node AUC near contacts and, as the control, far from them ("head nodes near / far").
 
-Run: ``.venv/bin/python bench/embed.py`` (about 17 minutes on 2 cores; the merge head adds ~2) or
+Run: ``.venv/bin/python bench/embed.py`` (about 17 minutes on 2 cores with AVX-512; the merge head adds ~2,
+the fine-tuned merge detector ~12; the evaluation alone took 40 minutes on a 2-core AVX2 EPYC) or
 ``--quick`` (under 2 minutes: fewer cutouts, 40 training steps on small boxes). Writes
 ``bench/results/embed.json`` (``--json``).
 """
