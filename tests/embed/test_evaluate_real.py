@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from connectomix.embed.evaluate import (
     merge_pairs,
@@ -22,13 +21,7 @@ from connectomix.embed.realdata import RealEvaluation, run_real_evaluation
 from connectomix.embed.records import EmbeddingTable
 from connectomix.proofread.queue import TaskQueue
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _table(segments, positions, embeddings) -> EmbeddingTable:

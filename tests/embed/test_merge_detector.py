@@ -17,12 +17,7 @@ from connectomix.errors import InputError
 TINY = EncoderConfig(input_size_zyx=(17, 17, 17), channels=(4, 8, 8, 8))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _cutouts(rng: np.random.Generator, n: int, merged: bool) -> np.ndarray:

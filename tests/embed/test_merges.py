@@ -4,20 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from connectomix.embed.evaluate import merge_tasks, roc_auc
 from connectomix.embed.merges import MergeHead, contact_distances, training_set
 from connectomix.embed.records import EmbeddingTable
 from connectomix.errors import InputError
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _table(segments, positions_xyz, embeddings) -> EmbeddingTable:

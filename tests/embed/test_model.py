@@ -26,12 +26,7 @@ from connectomix.errors import InputError, NotFoundError
 TINY = EncoderConfig(input_size_zyx=(17, 20, 23), channels=(4, 6, 8, 10))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:

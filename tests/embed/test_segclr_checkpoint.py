@@ -30,12 +30,7 @@ CONFIG = EncoderConfig(input_size_zyx=(9, 11, 13), channels=WIDTHS, embedding_di
 B = "base_model_0/resnet18"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # --------------------------------------------------------------------------- Google's graph, in numpy

@@ -26,12 +26,7 @@ from connectomix.volume import Box, open_volume
 TINY = EncoderConfig(input_size_zyx=(9, 9, 9), downsample_zyx=(2, 2, 2), channels=(4, 8, 8, 8))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
