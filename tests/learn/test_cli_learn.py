@@ -102,6 +102,10 @@ def test_segment_run_serves_the_promoted_version_unless_told(workspace, tmp_path
         (["--nms-radius", "-1"], "--nms-radius must be >= 0 voxels"),
         (["--context", "-2"], "--context must be >= 0 voxels"),
         (["--lr", "0"], "--lr must be a learning rate in (0, 1)"),
+        (["--region-c", "1,2:3,4,5"], "--region-c must look like X0,Y0,Z0:X1,Y1,Z1"),
+        (["--region-b", "5,5,5:5,9,9"], "--region-b is empty"),
+        (["--region-c", "0,0,500:48,64,600"], "lies outside the volume"),
+        (["--region-a", "0,0,0:8,8,8", "--region-c", "4,4,4:12,12,12"], "regions A and C overlap"),
     ],
 )
 def test_loop_bad_input_is_one_line(tmp_path, capsys, args, fragment) -> None:

@@ -10,7 +10,13 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from connectomix.cli.parsing import DbOption, WorkspaceOption, resolve_workspace_and_db, write_json
+from connectomix.cli.parsing import (
+    DbOption,
+    WorkspaceOption,
+    parse_box_xyz,
+    resolve_workspace_and_db,
+    write_json,
+)
 
 console = Console()
 LOOP_DATA = ("fib25-ts2", "synthetic")
@@ -43,6 +49,15 @@ def loop_command(
             help="Voxels of image around each region when segmenting it [half the model's FOV; synthetic 16]."
         ),
     ] = None,
+    region_a: Annotated[
+        str | None, typer.Option(help="Proofread region A, X0,Y0,Z0:X1,Y1,Z1 voxels [the data's default].")
+    ] = None,
+    region_b: Annotated[
+        str | None, typer.Option(help="Validation (gate) region B, X0,Y0,Z0:X1,Y1,Z1 [the data's default].")
+    ] = None,
+    region_c: Annotated[
+        str | None, typer.Option(help="Held-out test region C, X0,Y0,Z0:X1,Y1,Z1 [the data's default].")
+    ] = None,
     precision: Annotated[str, typer.Option(help="fp32, bf16 or auto (bf16 where the CPU has it).")] = "auto",
     json_out: Annotated[Path, typer.Option("--json", help="Write the loop report here.")] = Path(
         "cx-loop/loop.json"
@@ -64,6 +79,11 @@ def loop_command(
         raise InputError(f"--data must be one of {', '.join(LOOP_DATA)}, got {data!r}")
     if precision not in ("fp32", "bf16", "auto"):
         raise InputError(f"--precision must be fp32, bf16 or auto, got {precision!r}")
+    boxes = {
+        name: parse_box_xyz(text, f"--region-{name}")
+        for name, text in (("a", region_a), ("b", region_b), ("c", region_c))
+        if text is not None
+    }
     if data == "synthetic":
         from connectomix.learn.synthetic_loop import synthetic_loop_data, synthetic_settings
 
@@ -103,6 +123,9 @@ def loop_command(
     else:
         base, loop_data = fib25_data()
         options = None
+    if boxes:
+        regions = dataclasses.replace(loop_data.regions, **boxes)  # checks that they are disjoint
+        loop_data = dataclasses.replace(loop_data, regions=regions)  # checks that they are inside
     report = run_loop(
         base, loop_data, workdir, settings, options=options, precision=precision, db=db, log=log
     )
