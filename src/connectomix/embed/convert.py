@@ -175,7 +175,7 @@ def convert(
     if _same_place(src, dst):
         raise InputError(f"source and destination are the same place: {source}")
     start = time.perf_counter()
-    tables, coords = _open_source(src, coordinates, progress)
+    tables, coords = open_store(src, coordinates, progress)
     if isinstance(dst, ParquetUrl):
         from connectomix.embed.table import ParquetEmbeddingWriter
 
@@ -210,10 +210,11 @@ def _same_place(src: EmbeddingUrl, dst: EmbeddingUrl) -> bool:
     return a.resolve() == b.resolve()
 
 
-def _open_source(
+def open_store(
     src: EmbeddingUrl, coordinates: Coordinates | None, progress: bool
 ) -> tuple[Iterator[EmbeddingTable], Coordinates | None]:
-    """Tables of the source, each holding whole segments, and its coordinate unit."""
+    """Tables of the store ``src``, each holding whole segments (a fresh pass per call), and its coordinate
+    unit: ``coordinates`` where given, else what the URL or the Parquet metadata records (None: unknown)."""
     if isinstance(src, CsvZipUrl):
         from connectomix.embed.csvzip import CsvZipReader
 
