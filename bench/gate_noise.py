@@ -1,7 +1,9 @@
 """Benchmark: how much of a loop adapter's VI change on FIB-25 is signal, and how much is noise?
 
-VI on the loop's regions B and C (:data:`~connectomix.learn.loop.FIB25_REGIONS`) is dominated by a few flood
-decisions in a few large bodies (C is 95 % one ground-truth body), so any small change of the model moves it.
+VI on a small region is dominated by a few flood decisions in a few large bodies (the loop's earlier held-out
+C, ``[150:214, 80:176, 80:176]``, was 95 % one ground-truth body), so any small change of the model moves it.
+The script scores the loop's regions B and C (:data:`~connectomix.learn.loop.FIB25_REGIONS`; the committed
+``bench/results/gate_noise.json`` was measured on that earlier C).
 This script separates the trained direction from that noise, with the loop's own segmenter (bf16 where the
 CPU has it, half a field of view of context):
 
