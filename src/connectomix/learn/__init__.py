@@ -2,6 +2,7 @@
 streaming) with its replay buffer, the gated weights registry, and the closed loop (:mod:`.loop`)."""
 
 from connectomix.learn.continual import ContinualLearner, FitResult, default_lora_config
+from connectomix.learn.fov_loss import FovLoss, fov_loss
 from connectomix.learn.lora import (
     Adapter,
     LoRAConfig,
@@ -30,6 +31,7 @@ __all__ = [
     "ContinualLearner",
     "Entry",
     "FitResult",
+    "FovLoss",
     "GateResult",
     "GateScores",
     "LoRAConfig",
@@ -47,6 +49,7 @@ __all__ = [
     "confident_patches",
     "default_lora_config",
     "extract_adapter",
+    "fov_loss",
     "fuse_adapters",
     "ground_truth_patches",
     "load_adapter",
