@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--fovs", type=int, default=4, help="FOVs per example (fit and loss)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
     parser.add_argument("--vi", default="A", help="comma-separated regions to segment and score (A, B, C)")
+    parser.add_argument("--centre-sampling", default="balanced", choices=["balanced", "uniform"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=RESULTS / "learn_transfer.json")
     args = parser.parse_args()
@@ -101,6 +102,7 @@ def main() -> int:
         max_fovs_per_example=args.fovs,
         precision=precision,
         seed=args.seed,
+        centre_sampling=args.centre_sampling,
     )
     fit = learner.fit(train, epochs=args.epochs)
     report["fit"] = fit.to_dict()

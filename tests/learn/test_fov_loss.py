@@ -83,3 +83,16 @@ def test_bad_inputs(patches) -> None:
         fov_loss(base_model(), [np.zeros((3, 3, 3))])  # type: ignore[list-item]
     with pytest.raises(InputError, match="needs an FFNModel"):
         fov_loss(torch.nn.Conv3d(1, 1, 1), patches)  # type: ignore[arg-type]
+
+
+def test_uniform_centre_sampling_fits_deterministically_and_bad_values_are_refused(patches) -> None:
+    base = base_model()
+    fits = [
+        ContinualLearner(base, seed=3, lr=3e-3, batch_size=2, centre_sampling=sampling).fit(patches, epochs=1)
+        for sampling in ("uniform", "uniform", "balanced")
+    ]
+    tensors = [f.adapter.tensors for f in fits]
+    assert all(torch.equal(tensors[0][k], tensors[1][k]) for k in tensors[0])
+    assert any(not torch.equal(tensors[0][k], tensors[2][k]) for k in tensors[0])
+    with pytest.raises(InputError, match="centre_sampling must be 'balanced' or 'uniform'"):
+        ContinualLearner(base, centre_sampling="random")
