@@ -50,7 +50,7 @@ from connectomix.learn.lora import (
 )
 from connectomix.learn.patches import Patch
 from connectomix.learn.replay import ReplayBuffer
-from connectomix.segment.models import FFNModel
+from connectomix.segment.models import FFNConfig, FFNModel
 from connectomix.segment.precision import Precision, resolve_precision
 from connectomix.segment.training import (
     _loss,
@@ -363,19 +363,10 @@ class ContinualLearner:
                         active.append((b, streams[b]))  # type: ignore[arg-type]
                 if not active:
                     break
-                windows = [s.window(config) for _, s in active]
-                image = np.stack([s.example.image[w] for (_, s), w in zip(active, windows, strict=True)])
-                seed = np.stack([s.canvas[w] for (_, s), w in zip(active, windows, strict=True)])
-                target = np.stack([s.example.target[w] for (_, s), w in zip(active, windows, strict=True)])
+                image, seed, target, known = stream_batch([(plan[s.index][0], s) for _, s in active], config)
                 image_t = torch.from_numpy(image[:, None]).to(device)
                 seed_t = torch.from_numpy(seed[:, None]).to(device)
                 target_t = torch.from_numpy(target[:, None]).to(device)
-                known = np.stack(
-                    [
-                        (s.example.labels[w] != 0) | (plan[s.index][0].source == "ground-truth")
-                        for (_, s), w in zip(active, windows, strict=True)
-                    ]
-                )
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                     logits, log_variance = self.model.predict(image_t, seed_t)
                 loss = _masked_loss(self.model, logits, log_variance, target_t, known)
@@ -394,6 +385,24 @@ class ContinualLearner:
             for p in params:
                 p.requires_grad_(False)
         return losses, fovs
+
+
+def stream_batch(
+    active: Sequence[tuple[Patch, _Stream]], config: FFNConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The current FOV of each ``(patch, stream)``: image, seed canvas and soft target (float32) and the
+    *known* voxels (bool: labelled, or anywhere in a ground-truth patch), each ``(batch, z, y, x)``."""
+    windows = [s.window(config) for _, s in active]
+    image = np.stack([s.example.image[w] for (_, s), w in zip(active, windows, strict=True)])
+    canvas = np.stack([s.canvas[w] for (_, s), w in zip(active, windows, strict=True)])
+    target = np.stack([s.example.target[w] for (_, s), w in zip(active, windows, strict=True)])
+    known = np.stack(
+        [
+            (s.example.labels[w] != 0) | (p.source == "ground-truth")
+            for (p, s), w in zip(active, windows, strict=True)
+        ]
+    )
+    return image, canvas, target, known
 
 
 def _masked_loss(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from connectomix.errors import InputError
-from connectomix.learn.continual import _Centres, _masked_loss
+from connectomix.learn.continual import _Centres, _masked_loss, stream_batch
 from connectomix.learn.patches import Patch
 from connectomix.segment.models import FFNModel
 from connectomix.segment.precision import Precision, resolve_precision
@@ -59,34 +59,16 @@ def _advance(
 ) -> tuple[float, int]:
     """One forward pass over the current FOVs of ``active``; updates their canvases and queues and returns
     (summed per-voxel loss, voxels counted)."""
-    config = model.config
-    windows = [s.window(config) for _, s in active]
-    image = np.stack([s.example.image[w] for (_, s), w in zip(active, windows, strict=True)])
-    canvas = np.stack([s.canvas[w] for (_, s), w in zip(active, windows, strict=True)])
-    target = torch.from_numpy(
-        np.stack([s.example.target[w] for (_, s), w in zip(active, windows, strict=True)])[:, None]
-    ).to(device)
-    known = np.stack(
-        [
-            (s.example.labels[w] != 0) | (p.source == "ground-truth")
-            for (p, s), w in zip(active, windows, strict=True)
-        ]
-    )
+    image, canvas, target, known = stream_batch(active, model.config)
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=fast == "bf16"):
         logits, log_variance = model.predict(
             torch.from_numpy(image[:, None]).to(device), torch.from_numpy(canvas[:, None]).to(device)
         )
-    total, voxels = 0.0, 0
-    for k in range(len(active)):
-        n = int(known[k].sum())
-        if n:
-            var = None if log_variance is None else log_variance[k : k + 1]
-            total += (
-                float(_masked_loss(model, logits[k : k + 1], var, target[k : k + 1], known[k : k + 1])) * n
-            )
-            voxels += n
+    voxels = int(known.sum())
+    target_t = torch.from_numpy(target[:, None]).to(device)
+    total = float(_masked_loss(model, logits, log_variance, target_t, known)) * voxels
     for (_, s), pred in zip(active, logits.detach().float().cpu().numpy()[:, 0], strict=True):
-        s.update(pred, config)
+        s.update(pred, model.config)
     return total, voxels
 
 
