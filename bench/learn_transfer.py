@@ -62,7 +62,13 @@ def main() -> int:
     from rich.table import Table
 
     console = Console(width=120)
-    base, data = fib25_data()
+    from connectomix.errors import NotFoundError
+
+    try:
+        base, data = fib25_data()
+    except NotFoundError as error:
+        console.print(f"error: {error}")
+        return 2
     regions = {"A": data.regions.a, "B": data.regions.b, "C": data.regions.c}
     vi_regions = [r.strip().upper() for r in args.vi.split(",") if r.strip()]
     unknown = [r for r in vi_regions if r not in regions]
