@@ -55,6 +55,9 @@ def main() -> int:
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
     parser.add_argument("--vi", default="A", help="comma-separated regions to segment and score (A, B, C)")
     parser.add_argument("--centre-sampling", default="balanced", choices=["balanced", "uniform"])
+    parser.add_argument(
+        "--anchor-weight", type=float, default=0.0, help="the learner's anchor term (0: labels only)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=Path, default=RESULTS / "learn_transfer.json")
     args = parser.parse_args()
@@ -109,6 +112,7 @@ def main() -> int:
         precision=precision,
         seed=args.seed,
         centre_sampling=args.centre_sampling,
+        anchor_weight=args.anchor_weight,
     )
     fit = learner.fit(train, epochs=args.epochs)
     report["fit"] = fit.to_dict()
@@ -130,7 +134,8 @@ def main() -> int:
     report["segment_seconds"] = segmenter.seconds
 
     table = Table(
-        title=f"GT fit on A ({len(train)} patches, {args.epochs} epochs, lr {args.lr:g}, {precision})"
+        title=f"GT fit on A ({len(train)} patches, {args.epochs} epochs, lr {args.lr:g}, {precision}, "
+        f"{args.centre_sampling} centres, anchor {args.anchor_weight:g})"
     )
     for col in ("measure", "base", "fitted", "change"):
         table.add_column(col, justify="right" if col != "measure" else "left")

@@ -166,6 +166,14 @@ class ContinualLearner:
         ``balanced`` (Google's training: every same-label-fraction bin equally often) or ``uniform`` (every
         centre voxel equally often). Balancing over-weights centres near boundaries, where the answer is
         "stop"; on FIB-25 a short ground-truth fit harmed VI less with ``uniform`` (README).
+    anchor_weight
+        Weight ``λ ≥ 0`` of the *anchor* term, a learning-without-forgetting distillation that keeps what the
+        base already gets right: ``λ · mean((z - z_base)²)`` over the known voxels where the frozen base's
+        logit ``z_base`` is on the target's side of 0.5 (``z`` the adapted model's logit, both in logit units,
+        on the same FOV). The cross-entropy on those voxels is already near its floor, so nothing else stops
+        a fit driven by the voxels the base gets wrong from lowering the confidence everywhere — and a
+        logit below the move threshold stops a flood fill (README). 0 (default) trains on the labels alone;
+        larger values cost one extra forward pass of the base per step.
     """
 
     def __init__(
@@ -186,6 +194,7 @@ class ContinualLearner:
         seed: int = 0,
         device: str | torch.device = "cpu",
         centre_sampling: str = "balanced",
+        anchor_weight: float = 0.0,
     ) -> None:
         if not isinstance(base, FFNModel):
             raise InputError(f"the continual learner needs an FFNModel, got {type(base).__name__}")
@@ -198,7 +207,12 @@ class ContinualLearner:
                 raise InputError(f"{name} must be an integer >= 1, got {value!r}")
         if centre_sampling not in ("balanced", "uniform"):
             raise InputError(f"centre_sampling must be 'balanced' or 'uniform', got {centre_sampling!r}")
+        if isinstance(anchor_weight, bool) or not (
+            isinstance(anchor_weight, int | float) and math.isfinite(anchor_weight) and anchor_weight >= 0
+        ):
+            raise InputError(f"anchor_weight must be a number >= 0, got {anchor_weight!r}")
         self.centre_sampling = centre_sampling
+        self.anchor_weight = float(anchor_weight)
         import copy
 
         self.device = torch.device(device)
@@ -213,6 +227,12 @@ class ContinualLearner:
             self.lora = lora or default_lora_config(self.model)
             add_lora(self.model, self.lora, seed=seed)
         self._start = extract_adapter(self.model)
+        # the frozen base the anchor term distils from (only kept when the term is on)
+        self._reference: FFNModel | None = None
+        if self.anchor_weight > 0:
+            self._reference = copy.deepcopy(base).to(self.device).eval()
+            for p in self._reference.parameters():
+                p.requires_grad_(False)
         self.config = base.config
         self.replay = replay if replay is not None else ReplayBuffer(seed=seed)
         self.replay_fraction = float(replay_fraction)
@@ -370,6 +390,13 @@ class ContinualLearner:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"):
                     logits, log_variance = self.model.predict(image_t, seed_t)
                 loss = _masked_loss(self.model, logits, log_variance, target_t, known)
+                if self._reference is not None:
+                    with (
+                        torch.no_grad(),
+                        torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16"),
+                    ):
+                        base_logits, _ = self._reference.predict(image_t, seed_t)
+                    loss = loss + self.anchor_weight * anchor_loss(logits, base_logits, target_t, known)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 if self.clip is not None:
@@ -405,6 +432,19 @@ def stream_batch(
     return image, canvas, target, known
 
 
+def anchor_loss(
+    logits: torch.Tensor, base_logits: torch.Tensor, target: torch.Tensor, known: np.ndarray
+) -> torch.Tensor:
+    """Mean squared logit difference ``(logits - base_logits)²`` (logit units²) over the ``known`` voxels
+    (bool, ``(batch, z, y, x)``) where the base is right: ``base_logits > 0`` exactly where
+    ``target > 0.5``. Zero (with a gradient) when there is no such voxel. Tensors are
+    ``(batch, 1, z, y, x)``."""
+    right = (base_logits.float() > 0) == (target > 0.5)
+    mask = right & torch.from_numpy(known[:, None]).to(target.device)
+    squared = (logits.float() - base_logits.float()) ** 2
+    return (squared * mask).sum() / mask.sum().clamp_min(1)
+
+
 def _masked_loss(
     model: FFNModel,
     logits: torch.Tensor,
@@ -428,4 +468,4 @@ def _masked_loss(
     return (per_voxel * weight).sum() / weight.sum().clamp_min(1.0)
 
 
-__all__ = ["ContinualLearner", "FitResult", "default_lora_config"]
+__all__ = ["ContinualLearner", "FitResult", "anchor_loss", "default_lora_config"]
