@@ -102,6 +102,8 @@ def test_segment_run_serves_the_promoted_version_unless_told(workspace, tmp_path
         (["--nms-radius", "-1"], "--nms-radius must be >= 0 voxels"),
         (["--context", "-2"], "--context must be >= 0 voxels"),
         (["--lr", "0"], "--lr must be a learning rate in (0, 1)"),
+        (["--centre-sampling", "random"], "--centre-sampling must be balanced or uniform"),
+        (["--anchor-weight", "-1"], "--anchor-weight must be a number >= 0"),
         (["--region-c", "1,2:3,4,5"], "--region-c must look like X0,Y0,Z0:X1,Y1,Z1"),
         (["--region-b", "5,5,5:5,9,9"], "--region-b is empty"),
         (["--region-c", "0,0,500:48,64,600"], "lies outside the volume"),

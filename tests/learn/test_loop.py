@@ -35,6 +35,11 @@ def test_regions_must_be_disjoint_and_curve_points_parse() -> None:
     for radius in (-1, 2.5, True):
         with pytest.raises(InputError, match="replay_avoid_radius"):
             LoopSettings(replay_avoid_radius=radius)  # type: ignore[arg-type]
+    with pytest.raises(InputError, match="centre_sampling must be 'balanced' or 'uniform'"):
+        LoopSettings(centre_sampling="random")
+    for weight in (-0.5, float("inf"), True):
+        with pytest.raises(InputError, match="anchor_weight must be a number >= 0"):
+            LoopSettings(anchor_weight=weight)  # type: ignore[arg-type]
 
 
 def test_cx_loop_on_synthetic_data(testdata, tmp_path, capsys, monkeypatch) -> None:
@@ -45,7 +50,8 @@ def test_cx_loop_on_synthetic_data(testdata, tmp_path, capsys, monkeypatch) -> N
     try:
         code = main(
             ["loop", "--data", "synthetic", "--corrections", "4", "--curve", "2,4", "--epochs", "1",
-             "--precision", "fp32", "--json", str(out), "--workdir", str(tmp_path / "ws")]
+             "--precision", "fp32", "--centre-sampling", "uniform", "--anchor-weight", "0.5",
+             "--json", str(out), "--workdir", str(tmp_path / "ws")]
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)
@@ -56,6 +62,7 @@ def test_cx_loop_on_synthetic_data(testdata, tmp_path, capsys, monkeypatch) -> N
     for key in ("vi_before", "vi_after", "corrections", "regions", "curve", "served", "edits"):
         assert key in report
     assert report["regions"] == SMALL_REGIONS.to_dict()
+    assert report["settings"]["centre_sampling"] == "uniform" and report["settings"]["anchor_weight"] == 0.5
     assert report["regions"]["A"] == {"start_zyx": [0, 0, 0], "stop_zyx": [50, 50, 50]}
     assert report["context_voxels_zyx"] == [synthetic_loop.SYNTHETIC_CONTEXT] * 3
     assert 1 <= report["corrections"] <= 4 and report["tasks_flagged"] >= report["corrections"]

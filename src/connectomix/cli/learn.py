@@ -36,6 +36,14 @@ def loop_command(
     lr: Annotated[
         float | None, typer.Option(help="Learning rate of the adapter's fits [1e-3; synthetic 2e-3].")
     ] = None,
+    centre_sampling: Annotated[
+        str | None,
+        typer.Option(help="Training centres: balanced (Google's) or uniform [balanced]."),
+    ] = None,
+    anchor_weight: Annotated[
+        float | None,
+        typer.Option(help="Weight of the anchor term that keeps the base's right logits [0: off]."),
+    ] = None,
     top_fraction: Annotated[
         float | None,
         typer.Option(help="Flagging: fraction of region A's voxels that are hot [0.05]."),
@@ -103,6 +111,14 @@ def loop_command(
         changes["lr"] = lr
     if curve is not None:
         changes["curve"] = curve_points(curve)
+    if centre_sampling is not None:
+        if centre_sampling not in ("balanced", "uniform"):
+            raise InputError(f"--centre-sampling must be balanced or uniform, got {centre_sampling!r}")
+        changes["centre_sampling"] = centre_sampling
+    if anchor_weight is not None:
+        if not anchor_weight >= 0.0:
+            raise InputError(f"--anchor-weight must be a number >= 0, got {anchor_weight}")
+        changes["anchor_weight"] = anchor_weight
     if top_fraction is not None:
         if not 0.0 < top_fraction < 1.0:
             raise InputError(f"--top-fraction must be in (0, 1), got {top_fraction}")

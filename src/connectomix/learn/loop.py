@@ -32,6 +32,7 @@ Every array is ``(z, y, x)``; VI in bits (split + merge), ARAND in [0, 1].
 from __future__ import annotations
 
 import dataclasses
+import math
 import platform
 import time
 from collections.abc import Callable, Sequence
@@ -99,7 +100,8 @@ class LoopSettings:
     """How the loop runs. ``corrections``: tasks the simulated proofreaders complete in all; ``curve``: the
     cumulative task counts after which an adapter is fitted and scored (``corrections`` is always the
     last); ``epochs``, ``examples_per_patch``, ``max_fovs_per_example``, ``replay_fraction``, ``lr``,
-    ``lora_last`` (None: the last 4 module groups), ``lora_rank``: the learner
+    ``lora_last`` (None: the last 4 module groups), ``lora_rank``, ``centre_sampling`` (balanced or
+    uniform), ``anchor_weight`` (the anchor term keeping the base's right logits): the learner
     (:class:`ContinualLearner`); ``confident_patches``: replay patches drawn from A's confident places,
     with ``replay_avoid_radius`` voxels around every flagged place left unknown;
     ``top_fraction``, ``flag_chunk`` and ``flag_nms_radius``: the flagging;
@@ -116,6 +118,8 @@ class LoopSettings:
     lr: float = 1e-3
     lora_last: int | None = None
     lora_rank: int = 4
+    centre_sampling: str = "balanced"
+    anchor_weight: float = 0.0
     confident_patches: int = 50
     replay_avoid_radius: int = 8
     top_fraction: float = 0.05
@@ -147,6 +151,14 @@ class LoopSettings:
             isinstance(self.context, bool) or not isinstance(self.context, int) or self.context < 0
         ):
             raise InputError(f"context must be an integer >= 0 voxels or None, got {self.context!r}")
+        if self.centre_sampling not in ("balanced", "uniform"):
+            raise InputError(f"centre_sampling must be 'balanced' or 'uniform', got {self.centre_sampling!r}")
+        if isinstance(self.anchor_weight, bool) or not (
+            isinstance(self.anchor_weight, int | float)
+            and math.isfinite(self.anchor_weight)
+            and self.anchor_weight >= 0
+        ):
+            raise InputError(f"anchor_weight must be a number >= 0, got {self.anchor_weight!r}")
 
     def context_zyx(self, fov_zyx: Sequence[int]) -> tuple[int, int, int]:
         """Voxels of image added on each side of a region, per axis ``(z, y, x)``, for a model whose field
@@ -316,6 +328,8 @@ def run_loop(
         max_fovs_per_example=settings.max_fovs_per_example,
         precision=fast,
         seed=settings.seed,
+        centre_sampling=settings.centre_sampling,
+        anchor_weight=settings.anchor_weight,
     )
     served_b = {base_entry.id: segmenter.score(base, regions.b)}
     before_c = segmenter.score(base, regions.c)
