@@ -16,6 +16,8 @@ the per-FOV objective does not measure what inference needs, whatever the labels
 Run from the repository root (``../shared/testdata`` needed)::
 
     .venv/bin/python bench/learn_transfer.py [--patches 60 --epochs 2 --lr 1e-4 --vi A]
+    .venv/bin/python bench/learn_transfer.py --centre-sampling uniform --anchor-weight 1 \
+        --json bench/results/learn_transfer_uniform_anchor1.json
 
 Results go to ``bench/results/learn_transfer.json``.
 """
