@@ -10,9 +10,7 @@ from connectomix.errors import InputError
 from connectomix.learn.continual import ContinualLearner
 from connectomix.learn.fov_loss import fov_loss
 from connectomix.learn.lora import apply_adapter, merge_and_remove_lora
-from connectomix.learn.replay import ground_truth_patches
 from connectomix.segment.models import FFNConfig, FFNModel, build_model
-from connectomix.volume.synthetic import make_synthetic
 
 CONFIG = FFNConfig(depth=2, width=8, fov_zyx=(9, 9, 9), deltas_zyx=(2, 2, 2), image_mean=128, image_stddev=30)
 
@@ -20,9 +18,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def patches():
-    volume = make_synthetic((40, 64, 64), seed=5, resolution_nm_zyx=(20.0, 20.0, 20.0))
-    return ground_truth_patches(volume.raw, volume.gt, CONFIG, n=6, seed=4, shape_zyx=(24, 32, 32))
+def patches(small_config, small_gt_patches):
+    assert small_config == CONFIG
+    return small_gt_patches
 
 
 def base_model(seed: int = 0) -> FFNModel:
